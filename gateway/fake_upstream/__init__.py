@@ -1,0 +1,88 @@
+"""A simulated OpenRouter, for tests, benchmarks and the demo (these machines are offline).
+
+Run it with `wattfare fake-upstream` or `python -m gateway.fake_upstream --port N`; its base
+URL is `http://HOST:PORT/api/v1`, like `https://openrouter.ai/api/v1`.
+
+Paths:
+- `POST /api/v1/chat/completions`: streamed (SSE) or not; any bearer key unless the
+  server requires one. A body may carry `"fake": {...}` knobs (see `knobs.py`).
+- `GET /api/v1/models`: the fixed catalog `MODELS` (no key needed, as at OpenRouter).
+- `GET /api/v1/generation?id=gen-…`: `{"data": {...}}` for the last 10,000 generations.
+- `GET /api/v1/_last_request` (test-only, not OpenRouter's): the lowercase headers and
+  JSON body of the most recent chat completion request, to check what a proxy forwarded.
+- `GET /healthz` (not OpenRouter's): `{"status": "ok", "in_flight": <open chat requests>}`.
+- Anything else: 404 `{"error": {"message": "Not Found", "code": 404}}`.
+
+The wire format, as OpenRouter documents it (openrouter.ai/docs: streaming, errors,
+usage accounting, models) and as recorded real responses show it:
+- Streams are `text/event-stream` with LF-only framing, `data: <json>\\n\\n` per event, and
+  the `X-Generation-Id: gen-<unix>-<20 chars>` response header (also on JSON responses).
+  OpenRouter sends SSE comments `: OPENROUTER PROCESSING` to keep slow starts alive; the
+  fake sends one at once and then every `comment_interval_ms` while it waits for the
+  first token. The stream ends with `data: [DONE]`.
+- Chunks: `{"id", "object": "chat.completion.chunk", "created", "model", "provider",
+  "system_fingerprint", "choices": [{"index": 0, "delta": {"role": "assistant",
+  "content": …}, "finish_reason": null, "native_finish_reason": null, "logprobs": null}]}`.
+  Recorded OpenRouter streams repeat `role: "assistant"` in every delta, so the fake does.
+  The last content-free chunk carries `finish_reason` `"stop"` or `"length"` and the same
+  `native_finish_reason`.
+- Usage is always included now: the docs call `usage: {include: true}` and
+  `stream_options.include_usage` deprecated no-ops. The trailing chunk has `usage` =
+  `{prompt_tokens, completion_tokens, total_tokens, cost (USD, a JSON number), is_byok,
+  prompt_tokens_details {cached_tokens, cache_write_tokens, audio_tokens, video_tokens},
+  cost_details {upstream_inference_cost, upstream_inference_prompt_cost,
+  upstream_inference_completions_cost}, completion_tokens_details {reasoning_tokens,
+  image_tokens, audio_tokens}}` and, by default, `choices: []` (OpenAI's form). Recent
+  recorded OpenRouter streams instead repeat the finish choice in that chunk; the knob
+  `usage_with_choice` produces that form.
+- Errors before a response starts: HTTP status = `error.code`, body
+  `{"error": {"message", "code": <int>, "metadata"?: {...}}}`; 429 carries `Retry-After`.
+  Wording from recorded responses: no key → 401 "No cookie auth credentials found" (older
+  responses said "No auth credentials found"); wrong key → 401 "User not found."; unknown
+  model → 400 "<model> is not a valid model ID"; no messages → 400 `Input required:
+  specify "prompt" or "messages"`; a body that is not JSON → 400 "Input must have at
+  least 1 token."; unknown generation → 404 "Generation <id> not found".
+- Errors after a stream started stay HTTP 200 and arrive as one chunk with a top-level
+  `error: {"code", "message"}` and `choices: [{"index": 0, "delta": {"content": ""},
+  "finish_reason": "error"}]`; the docs show `code` both as an int (502) and as a string
+  ("server_error"). The fake then sends `[DONE]` and no usage.
+- Non-streamed: `{"id", "object": "chat.completion", "created", "model", "provider",
+  "system_fingerprint", "choices": [{"logprobs", "finish_reason", "native_finish_reason",
+  "index", "message": {"role", "content", "refusal", "reasoning"}}], "usage": {...}}`.
+- Models: `{"data": [{"id", "canonical_slug", "hugging_face_id", "name", "created",
+  "description", "context_length", "architecture", "pricing", "top_provider",
+  "per_request_limits", "supported_parameters", "default_parameters"}]}` with prices in
+  USD per token as strings; `openrouter/auto` is listed at "-1" and bills the model it
+  routes to (the fake routes it to `openai/gpt-4o-mini` and reports that model).
+
+The fake tokenizer and cost rule are documented in `wire.py`.
+"""
+
+from __future__ import annotations
+
+from gateway.fake_upstream.app import create_app
+from gateway.fake_upstream.catalog import MODELS, Model, Pricing, price_of
+from gateway.fake_upstream.knobs import FAULTS
+from gateway.fake_upstream.settings import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    FakeUpstreamSettings,
+    add_arguments,
+    serve,
+    settings_from_args,
+)
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "FAULTS",
+    "MODELS",
+    "FakeUpstreamSettings",
+    "Model",
+    "Pricing",
+    "add_arguments",
+    "create_app",
+    "price_of",
+    "serve",
+    "settings_from_args",
+]
