@@ -1,0 +1,186 @@
+"""``create_app(settings)``: the ASGI application and the lifespan that owns its state.
+
+The chat completion route is dispatched to the plain ASGI handler before Starlette's
+router sees it (the hot path pays for no routing, no request object); everything else
+is an ordinary Starlette app. The lifespan opens the store, reconciles holds left by
+dead processes, creates the one shared upstream client, and runs three small background
+loops: the instance heartbeat, periodic reconciliation, and the revocation poller that
+cuts streams revoked from another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from gateway import routes
+from gateway.auth import Authenticator
+from gateway.config import Settings, load_settings
+from gateway.consent import BrowserGuard, consent_routes, open_consent
+from gateway.errors import GatewayError, InternalError, MethodNotAllowed, NotFound
+from gateway.live import LiveStreams
+from gateway.observability import AccessLogMiddleware, Metrics, configure_logging
+from gateway.proxy import ChatCompletions
+from gateway.state import GatewayState
+from gateway.store import make_store
+from gateway.upstream import Upstream, make_client
+
+log = logging.getLogger("wattfare")
+
+HEARTBEAT_S = 5.0
+RECONCILE_S = 30.0
+REVOCATION_POLL_S = 0.25
+
+CHAT_PATH = "/v1/chat/completions"
+
+
+async def _every(seconds: float, job: Callable[[], Awaitable[None]], name: str) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except Exception:
+            log.exception("background job %s failed; retrying in %ss", name, seconds)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: GatewayError
+    if exc.status_code == 404:
+        error = NotFound(f"No route for {request.method} {request.url.path}.")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.")
+    else:
+        error = InternalError(str(exc.detail))
+    return await routes.render_gateway_error(request, error)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return await routes.render_gateway_error(request, InternalError("The gateway failed."))
+
+
+class Gateway:
+    """The ASGI application. ``state`` exists while the lifespan runs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state: GatewayState | None = None
+        self._chat: ChatCompletions | None = None
+        self.metrics = Metrics()
+        self.router = Starlette(
+            routes=[
+                Route("/v1/sessions", routes.create_session, methods=["POST"]),
+                Route("/v1/models", routes.list_models, methods=["GET"]),
+                Route(
+                    "/v1/connection", routes.get_connection, methods=["GET"]
+                ),
+                Route("/v1/connection", routes.delete_connection, methods=["DELETE"]),
+                Route("/healthz", routes.healthz, methods=["GET"]),
+                Route("/metrics", routes.metrics, methods=["GET"]),
+                *consent_routes(),
+            ],
+            exception_handlers={
+                GatewayError: routes.render_gateway_error,
+                HTTPException: _http_error,
+                Exception: _unexpected,
+            },
+            lifespan=self._lifespan,
+        )
+        # CORS for the browser-facing API wraps the chat route too, which is dispatched
+        # before the router.
+        self._http = AccessLogMiddleware(
+            BrowserGuard(self._dispatch, state=lambda: self.state),
+            metrics=self.metrics,
+            enabled=settings.server.access_log,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        else:
+            await self.router(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == CHAT_PATH and self._chat is not None:
+            await self._chat(scope, receive, send)
+        else:
+            await self.router(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        settings = self.settings
+        if not settings.upstream.api_key:
+            log.warning(
+                "environment variable %s is not set: the upstream will refuse requests",
+                settings.upstream.api_key_env,
+            )
+        store = make_store(settings.store)
+        await store.open()
+        reconciled = await store.reconcile_stale_holds()
+        if reconciled:
+            log.warning("settled %d hold(s) left by a lost process", reconciled)
+            self.metrics.reconciled.inc(reconciled)
+        upstream = Upstream(settings.upstream, make_client(settings.upstream))
+        state = GatewayState(
+            settings=settings,
+            store=store,
+            auth=Authenticator(store),
+            upstream=upstream,
+            metrics=self.metrics,
+            live=LiveStreams(),
+        )
+        self.router.state.consent = await open_consent(settings, store)
+        self.state = state
+        self.router.state.gateway = state
+        self._chat = ChatCompletions(state)
+        seq, _ = await store.revocations_since(-1)
+        cursor = {"seq": seq}
+
+        async def poll_revocations() -> None:
+            cursor["seq"], revoked = await store.revocations_since(cursor["seq"])
+            for key in revoked:
+                state.live.revoke(key)
+
+        async def reconcile() -> None:
+            count = await store.reconcile_stale_holds()
+            if count:
+                log.warning("settled %d hold(s) left by a lost process", count)
+                self.metrics.reconciled.inc(count)
+
+        tasks = [
+            asyncio.create_task(_every(HEARTBEAT_S, store.heartbeat, "heartbeat")),
+            asyncio.create_task(_every(RECONCILE_S, reconcile, "reconcile")),
+            asyncio.create_task(_every(REVOCATION_POLL_S, poll_revocations, "revocations")),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._chat = None
+            await upstream.aclose()
+            await store.close()
+            self.state = None
+
+
+def create_app(settings: Settings) -> Gateway:
+    """The gateway as an ASGI application."""
+    return Gateway(settings)
+
+
+def create_app_from_env() -> Gateway:
+    """Factory for ``uvicorn --factory`` and multi-worker serving: reads
+    ``$WATTFARE_CONFIG`` (or the defaults)."""
+    configure_logging()
+    return Gateway(load_settings())

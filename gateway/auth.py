@@ -1,0 +1,255 @@
+"""Credentials → a frozen :class:`Principal`.
+
+Three kinds of bearer credential reach the gateway:
+
+- a session token (the 10-minute EdDSA JWT an app mints for one of its users);
+- a secret key ``sk_…`` from an app's backend, with the user in ``Wattfare-User``;
+- a publishable key ``pk_…``, accepted only where a route says so (the model list).
+
+Verified session tokens are cached until they expire, so the hot path checks a
+signature once per token, not once per request. App records are cached for a few
+seconds; a rolled key is still refused at once, because the store checks the app's key
+version inside the same transaction that takes the request's hold.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jwt
+
+from gateway.config import NANO_PER_USD
+from gateway.errors import InvalidApiKey, InvalidRequest, InvalidSession, SessionExpired
+from gateway.keys import (
+    PUBLISHABLE_KEY_RE,
+    SECRET_KEY_RE,
+    KeyFormatError,
+    parse_publishable_key,
+    secret_key_hash,
+)
+from gateway.store.base import App, Store
+from gateway.tokens import AUDIENCE, MAX_LIFETIME_S, valid_user_id
+
+CLOCK_SKEW_S = 30
+APP_CACHE_TTL_S = 5.0
+TOKEN_CACHE_MAX = 100_000
+MAX_CAP_USD = 1e9
+
+CredentialKind = Literal["session", "secret", "publishable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: an app, and (except for publishable keys) one of its users."""
+
+    app: App
+    kind: CredentialKind
+    user_id: str | None
+    requested_cap_nano: int | None = None
+    expires_at: float | None = None
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise InvalidApiKey("Missing credentials: send 'Authorization: Bearer <key or token>'.")
+    scheme, _, value = authorization.partition(" ")
+    value = value.strip()
+    if scheme.lower() != "bearer" or not value:
+        raise InvalidApiKey("Malformed Authorization header: expected 'Bearer <key or token>'.")
+    return value
+
+
+def _cap_from_claims(claims: dict[str, Any]) -> int | None:
+    lim = claims.get("lim")
+    if lim is None:
+        return None
+    if not isinstance(lim, dict):
+        raise InvalidSession("Session token claim 'lim' must be an object.")
+    usd = lim.get("monthly_usd")
+    if usd is None:
+        return None
+    if (
+        isinstance(usd, bool)
+        or not isinstance(usd, (int, float))
+        or not math.isfinite(usd)
+        or not 0 <= usd <= MAX_CAP_USD
+    ):
+        raise InvalidSession("Session token claim 'lim.monthly_usd' must be a number >= 0.")
+    return round(usd * NANO_PER_USD)
+
+
+class Authenticator:
+    """Verifies credentials against the store's app table. One per process."""
+
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._tokens: dict[str, Principal] = {}
+        self._apps_by_pk: dict[str, tuple[App | None, float]] = {}
+        self._apps_by_hash: dict[bytes, tuple[App | None, float]] = {}
+
+    async def authenticate(
+        self,
+        authorization: str | None,
+        user_header: str | None,
+        *,
+        allow: frozenset[CredentialKind],
+        fresh: bool = False,
+    ) -> Principal:
+        """The caller, or an error of the :mod:`gateway.errors` tree.
+
+        ``fresh`` skips the app cache (routes that must see a rolled key at once and do
+        not take a hold).
+        """
+        value = _bearer(authorization)
+        if value.startswith("sk_"):
+            if "secret" not in allow:
+                raise InvalidApiKey("A secret key cannot be used on this route.")
+            return await self._secret(value, user_header, fresh=fresh)
+        if value.startswith("pk_"):
+            if "publishable" not in allow:
+                raise InvalidApiKey(
+                    "A publishable key cannot be used on this route: use a session token."
+                )
+            return await self._publishable(value, fresh=fresh)
+        if value.count(".") != 2:
+            raise InvalidApiKey("Unrecognised credential: expected a session token or API key.")
+        if "session" not in allow:
+            raise InvalidSession("A session token cannot be used on this route.")
+        return await self._session(value, fresh=fresh)
+
+    # -- app lookups (cached briefly) ---------------------------------------------------
+
+    async def _app_by_pk(self, publishable_key: str, *, fresh: bool) -> App | None:
+        now = time.monotonic()
+        hit = self._apps_by_pk.get(publishable_key)
+        if hit is not None and not fresh and hit[1] > now:
+            return hit[0]
+        app = await self._store.app_by_publishable_key(publishable_key)
+        if len(self._apps_by_pk) > TOKEN_CACHE_MAX:
+            self._apps_by_pk.clear()
+        self._apps_by_pk[publishable_key] = (app, now + APP_CACHE_TTL_S)
+        return app
+
+    async def _app_by_hash(self, digest: bytes, *, fresh: bool) -> App | None:
+        now = time.monotonic()
+        hit = self._apps_by_hash.get(digest)
+        if hit is not None and not fresh and hit[1] > now:
+            return hit[0]
+        app = await self._store.app_by_secret_hash(digest)
+        if len(self._apps_by_hash) > TOKEN_CACHE_MAX:
+            self._apps_by_hash.clear()
+        self._apps_by_hash[digest] = (app, now + APP_CACHE_TTL_S)
+        return app
+
+    # -- the three credentials ----------------------------------------------------------
+
+    async def _secret(self, key: str, user_header: str | None, *, fresh: bool) -> Principal:
+        if SECRET_KEY_RE.match(key) is None:
+            raise InvalidApiKey("Malformed secret key.")
+        digest = secret_key_hash(key)
+        app = await self._app_by_hash(digest, fresh=fresh)
+        if app is None or app.status != "active" or not hmac.compare_digest(
+            app.secret_hash, digest
+        ):
+            raise InvalidApiKey("Unknown or rolled secret key.")
+        if user_header is None:
+            return Principal(app=app, kind="secret", user_id=None)
+        if not valid_user_id(user_header):
+            raise InvalidRequest(
+                "Header 'Wattfare-User' must be 1-256 printable characters.",
+                param="Wattfare-User",
+            )
+        return Principal(app=app, kind="secret", user_id=user_header)
+
+    async def _publishable(self, key: str, *, fresh: bool) -> Principal:
+        if PUBLISHABLE_KEY_RE.match(key) is None:
+            raise InvalidApiKey("Malformed publishable key.")
+        app = await self._app_by_pk(key, fresh=fresh)
+        if app is None or app.status != "active":
+            raise InvalidApiKey("Unknown or rolled publishable key.")
+        return Principal(app=app, kind="publishable", user_id=None)
+
+    async def _session(self, token: str, *, fresh: bool) -> Principal:
+        now = self._clock()
+        cached = self._tokens.get(token)
+        if cached is not None:
+            assert cached.expires_at is not None
+            if now > cached.expires_at + CLOCK_SKEW_S:
+                del self._tokens[token]
+                raise SessionExpired("Session token has expired.")
+            if not fresh:
+                return cached
+        principal = await self._verify(token, now=now, fresh=fresh)
+        if len(self._tokens) >= TOKEN_CACHE_MAX:
+            self._evict(now)
+        self._tokens[token] = principal
+        return principal
+
+    def _evict(self, now: float) -> None:
+        expired = [
+            t for t, p in self._tokens.items()
+            if p.expires_at is None or p.expires_at + CLOCK_SKEW_S < now
+        ]
+        for t in expired:
+            del self._tokens[t]
+        if len(self._tokens) >= TOKEN_CACHE_MAX:
+            self._tokens.clear()
+
+    async def _verify(self, token: str, *, now: float, fresh: bool) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise InvalidSession("Malformed session token.") from None
+        if header.get("alg") != "EdDSA":
+            raise InvalidSession("Session tokens must be signed with EdDSA.")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or PUBLISHABLE_KEY_RE.match(kid) is None:
+            raise InvalidSession("Session token names no known app ('kid').")
+        app = await self._app_by_pk(kid, fresh=fresh)
+        if app is None or app.status != "active":
+            raise InvalidSession("Session token names an unknown or rolled app.")
+        try:
+            _, public_key = parse_publishable_key(kid)
+        except KeyFormatError:
+            raise InvalidSession("Session token names no known app ('kid').") from None
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                public_key,
+                algorithms=["EdDSA"],
+                audience=AUDIENCE,
+                issuer=kid,
+                leeway=CLOCK_SKEW_S,
+                options={"require": ["iss", "sub", "aud", "iat", "exp"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise SessionExpired("Session token has expired.") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidSession(
+                "Session token is not valid yet (iat or nbf in the future)."
+            ) from None
+        except jwt.InvalidTokenError as exc:
+            raise InvalidSession(f"Invalid session token: {exc}.") from None
+        iat, exp = claims["iat"], claims["exp"]
+        if not isinstance(iat, (int, float)) or not isinstance(exp, (int, float)):
+            raise InvalidSession("Session token 'iat' and 'exp' must be numbers.")
+        if exp - iat > MAX_LIFETIME_S:
+            raise InvalidSession(f"Session token lifetime exceeds {MAX_LIFETIME_S} seconds.")
+        if exp <= iat:
+            raise InvalidSession("Session token expires before it is issued.")
+        sub = claims["sub"]
+        if not valid_user_id(sub):
+            raise InvalidSession("Session token 'sub' must be 1-256 printable characters.")
+        return Principal(
+            app=app,
+            kind="session",
+            user_id=sub,
+            requested_cap_nano=_cap_from_claims(claims),
+            expires_at=float(exp),
+        )

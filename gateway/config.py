@@ -1,0 +1,354 @@
+"""Settings: one TOML file, validated once at start-up.
+
+Every command takes ``--config FILE``; without it ``$WATTFARE_CONFIG``; without that, the
+built-in defaults below. A wrong value raises :class:`ConfigError` whose message is one
+line naming the key, e.g. ``upstream.idle_timeout_s: must be a number > 0, got "soon"``.
+``config.example.toml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+NANO_PER_USD = 1_000_000_000
+
+
+class ConfigError(ValueError):
+    """A configuration value that stops start-up; the message is one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8787
+    public_url: str = "http://127.0.0.1:8787"
+    max_body_bytes: int = 1_048_576
+    access_log: bool = True
+    workers: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    base_url: str = "https://openrouter.ai/api/v1"
+    api_key_env: str = "OPENROUTER_API_KEY"
+    api_key: str = ""
+    connect_timeout_s: float = 5.0
+    first_byte_timeout_s: float = 60.0
+    idle_timeout_s: float = 60.0
+    models_ttl_s: float = 300.0
+    max_connections: int = 1000
+    transport: str = "aiohttp"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    backend: str = "sqlite"
+    path: str = "wattfare.db"
+    busy_timeout_ms: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class MeteringSettings:
+    default_monthly_nano: int = 10 * NANO_PER_USD
+    default_max_tokens: int = 4096
+    min_completion_tokens: int = 16
+    extend_tokens: int = 256
+    checkpoint_interval_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentSettings:
+    """End-user accounts and the hosted pages (``[consent]``)."""
+
+    signup_open: bool = True
+    default_budget_nano: int = 20 * NANO_PER_USD
+    cookie_secret_env: str = "WATTFARE_COOKIE_SECRET"  # noqa: S105 (a variable name)
+    # Read from the environment variable above; empty means the gateway generates one
+    # and keeps it in its store, so every worker (and a restart) shares it.
+    cookie_secret: str = ""
+    session_days: int = 14
+    signin_attempts_per_email: int = 5
+    signin_attempts_per_ip: int = 30
+    signup_attempts_per_ip: int = 10
+    attempt_window_s: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = ServerSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    store: StoreSettings = StoreSettings()
+    metering: MeteringSettings = MeteringSettings()
+    consent: ConsentSettings = ConsentSettings()
+    source: str = "<defaults>"
+
+
+# --- validation helpers: each returns the value or raises with the key's name -------------
+
+def _number(section: str, key: str, value: Any, *, minimum: float, strict: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{section}.{key}: must be a number, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        op = ">" if strict else ">="
+        raise ConfigError(f"{section}.{key}: must be a number {op} {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _integer(section: str, key: str, value: Any, *, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{section}.{key}: must be an integer, got {value!r}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(
+            f"{section}.{key}: must be between {minimum} and {maximum}, got {value!r}"
+        )
+    return value
+
+
+def _string(section: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{section}.{key}: must be a non-empty string, got {value!r}")
+    return value
+
+
+def _usd_nano(section: str, key: str, value: Any) -> int:
+    """A USD amount (0 to 1e9) as integer nano-USD."""
+    usd = _number(section, key, value, minimum=0, strict=False)
+    if usd > 1e9:
+        raise ConfigError(f"{section}.{key}: must be at most 1e9, got {usd!r}")
+    return round(usd * NANO_PER_USD)
+
+
+def _boolean(section: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{section}.{key}: must be true or false, got {value!r}")
+    return value
+
+
+def _http_url(section: str, key: str, value: Any) -> str:
+    text = _string(section, key, value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{section}.{key}: must be an http(s) URL, got {value!r}")
+    return text.rstrip("/")
+
+
+def _choice(section: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{section}.{key}: must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+_KNOWN: dict[str, set[str]] = {
+    "server": {"host", "port", "public_url", "max_body_bytes", "access_log", "workers"},
+    "upstream": {
+        "base_url", "api_key_env", "connect_timeout_s", "first_byte_timeout_s",
+        "idle_timeout_s", "models_ttl_s", "max_connections", "transport",
+    },
+    "store": {"backend", "path", "busy_timeout_ms"},
+    "metering": {
+        "default_monthly_usd", "default_max_tokens", "min_completion_tokens",
+        "extend_tokens", "checkpoint_interval_s",
+    },
+    "consent": {
+        "signup", "default_budget_usd", "cookie_secret_env", "session_days",
+        "signin_attempts_per_email", "signin_attempts_per_ip", "signup_attempts_per_ip",
+        "attempt_window_s",
+    },
+}
+
+
+def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{name}: must be a table")
+    unknown = sorted(set(table) - _KNOWN[name])
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}: unknown key")
+    return table
+
+
+def settings_from_mapping(
+    raw: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    source: str = "<mapping>",
+) -> Settings:
+    """Validate a parsed TOML document into :class:`Settings`."""
+    env = os.environ if environ is None else environ
+    unknown = sorted(set(raw) - set(_KNOWN))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section")
+
+    s = _section(raw, "server")
+    d = ServerSettings()
+    host = _string("server", "host", s.get("host", d.host))
+    port = _integer("server", "port", s.get("port", d.port), minimum=0, maximum=65535)
+    public_default = f"http://{host}:{port}" if "public_url" not in s else None
+    server = ServerSettings(
+        host=host,
+        port=port,
+        public_url=_http_url("server", "public_url", s.get("public_url", public_default)),
+        max_body_bytes=_integer(
+            "server", "max_body_bytes", s.get("max_body_bytes", d.max_body_bytes),
+            minimum=1024, maximum=64 * 1024 * 1024,
+        ),
+        access_log=_boolean("server", "access_log", s.get("access_log", d.access_log)),
+        workers=_integer("server", "workers", s.get("workers", d.workers), minimum=1, maximum=64),
+    )
+
+    u = _section(raw, "upstream")
+    du = UpstreamSettings()
+    key_env = _string("upstream", "api_key_env", u.get("api_key_env", du.api_key_env))
+    upstream = UpstreamSettings(
+        base_url=_http_url("upstream", "base_url", u.get("base_url", du.base_url)),
+        api_key_env=key_env,
+        api_key=env.get(key_env, ""),
+        connect_timeout_s=_number(
+            "upstream", "connect_timeout_s", u.get("connect_timeout_s", du.connect_timeout_s),
+            minimum=0, strict=True,
+        ),
+        first_byte_timeout_s=_number(
+            "upstream", "first_byte_timeout_s",
+            u.get("first_byte_timeout_s", du.first_byte_timeout_s), minimum=0, strict=True,
+        ),
+        idle_timeout_s=_number(
+            "upstream", "idle_timeout_s", u.get("idle_timeout_s", du.idle_timeout_s),
+            minimum=0, strict=True,
+        ),
+        models_ttl_s=_number(
+            "upstream", "models_ttl_s", u.get("models_ttl_s", du.models_ttl_s),
+            minimum=0, strict=True,
+        ),
+        max_connections=_integer(
+            "upstream", "max_connections", u.get("max_connections", du.max_connections),
+            minimum=1, maximum=100_000,
+        ),
+        transport=_choice(
+            "upstream", "transport", u.get("transport", du.transport), ("aiohttp", "httpx")
+        ),
+    )
+
+    st = _section(raw, "store")
+    ds = StoreSettings()
+    store = StoreSettings(
+        backend=_choice("store", "backend", st.get("backend", ds.backend), ("sqlite",)),
+        path=_string("store", "path", st.get("path", ds.path)),
+        busy_timeout_ms=_integer(
+            "store", "busy_timeout_ms", st.get("busy_timeout_ms", ds.busy_timeout_ms),
+            minimum=0, maximum=600_000,
+        ),
+    )
+
+    m = _section(raw, "metering")
+    dm = MeteringSettings()
+    metering = MeteringSettings(
+        default_monthly_nano=_usd_nano(
+            "metering", "default_monthly_usd",
+            m.get("default_monthly_usd", dm.default_monthly_nano / NANO_PER_USD),
+        ),
+        default_max_tokens=_integer(
+            "metering", "default_max_tokens", m.get("default_max_tokens", dm.default_max_tokens),
+            minimum=1, maximum=10_000_000,
+        ),
+        min_completion_tokens=_integer(
+            "metering", "min_completion_tokens",
+            m.get("min_completion_tokens", dm.min_completion_tokens), minimum=1, maximum=100_000,
+        ),
+        extend_tokens=_integer(
+            "metering", "extend_tokens", m.get("extend_tokens", dm.extend_tokens),
+            minimum=1, maximum=1_000_000,
+        ),
+        checkpoint_interval_s=_number(
+            "metering", "checkpoint_interval_s",
+            m.get("checkpoint_interval_s", dm.checkpoint_interval_s), minimum=0, strict=True,
+        ),
+    )
+    return Settings(
+        server=server, upstream=upstream, store=store, metering=metering,
+        consent=_consent(raw, env), source=source,
+    )
+
+
+def _consent(raw: Mapping[str, Any], env: Mapping[str, str]) -> ConsentSettings:
+    c = _section(raw, "consent")
+    d = ConsentSettings()
+    budget_nano = _usd_nano(
+        "consent", "default_budget_usd",
+        c.get("default_budget_usd", d.default_budget_nano / NANO_PER_USD),
+    )
+    secret_env = _string(
+        "consent", "cookie_secret_env", c.get("cookie_secret_env", d.cookie_secret_env)
+    )
+    secret = env.get(secret_env, "")
+    if secret and len(secret) < 32:
+        raise ConfigError(
+            f"consent.cookie_secret_env: ${secret_env} must hold at least 32 characters"
+        )
+    signup = _choice("consent", "signup", c.get("signup", "open"), ("open", "closed"))
+    return ConsentSettings(
+        signup_open=signup == "open",
+        default_budget_nano=budget_nano,
+        cookie_secret_env=secret_env,
+        cookie_secret=secret,
+        session_days=_integer(
+            "consent", "session_days", c.get("session_days", d.session_days),
+            minimum=1, maximum=365,
+        ),
+        signin_attempts_per_email=_integer(
+            "consent", "signin_attempts_per_email",
+            c.get("signin_attempts_per_email", d.signin_attempts_per_email),
+            minimum=1, maximum=1_000_000,
+        ),
+        signin_attempts_per_ip=_integer(
+            "consent", "signin_attempts_per_ip",
+            c.get("signin_attempts_per_ip", d.signin_attempts_per_ip),
+            minimum=1, maximum=1_000_000,
+        ),
+        signup_attempts_per_ip=_integer(
+            "consent", "signup_attempts_per_ip",
+            c.get("signup_attempts_per_ip", d.signup_attempts_per_ip),
+            minimum=1, maximum=1_000_000,
+        ),
+        attempt_window_s=_number(
+            "consent", "attempt_window_s", c.get("attempt_window_s", d.attempt_window_s),
+            minimum=0, strict=True,
+        ),
+    )
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read ``path`` (else ``$WATTFARE_CONFIG``, else defaults) and validate it.
+
+    A relative ``store.path`` is resolved against the config file's folder, so a
+    service started from anywhere finds the same database.
+    """
+    env = os.environ if environ is None else environ
+    chosen = path if path is not None else env.get("WATTFARE_CONFIG") or None
+    if chosen is None:
+        return settings_from_mapping({}, environ=env, source="<defaults>")
+    file = Path(chosen)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(file)!r}: not found") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(file)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(file)!r}: invalid TOML: {exc}") from None
+    settings = settings_from_mapping(raw, environ=env, source=str(file))
+    store_path = Path(settings.store.path)
+    if not store_path.is_absolute() and settings.store.path != ":memory:":
+        store_path = file.resolve().parent / store_path
+        settings = replace(settings, store=replace(settings.store, path=str(store_path)))
+    return settings

@@ -1,0 +1,193 @@
+"""Access log, Prometheus metrics, and the per-request record both are made from.
+
+The access log is one JSON line per request on the ``wattfare.access`` logger: request
+id, app, user, model, status, error code, time to first byte, duration and cost. The
+middleware is plain ASGI wrapping ``send``; it does no work per body chunk beyond noting
+the first one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import queue
+import sys
+import time
+from logging.handlers import QueueHandler, QueueListener
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.metering import nano_to_usd
+
+access_log = logging.getLogger("wattfare.access")
+
+RECORD_KEY = "wattfare.record"
+
+
+class _Formatter(logging.Formatter):
+    """Access lines are JSON already; everything else gets a time, level and name."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == access_log.name:
+            return record.getMessage()
+        return super().format(record)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Send every log line through a queue to a writer thread, so the event loop never
+    blocks on stderr. Idempotent (each worker process calls it)."""
+    root = logging.getLogger()
+    if any(isinstance(h, QueueHandler) for h in root.handlers):
+        return
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(_Formatter())
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = QueueListener(lines, writer)
+    listener.start()
+    atexit.register(listener.stop)
+    root.handlers[:] = [QueueHandler(lines)]
+    root.setLevel(level)
+    # One line per upstream request would double the access log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class RequestRecord:
+    """What the access log and metrics say of one request; handlers fill it in."""
+
+    __slots__ = (
+        "app_id", "code", "cost_nano", "method", "model", "path", "request_id", "started",
+        "status", "ttfb", "user_id",
+    )
+
+    def __init__(self, *, method: str, path: str, request_id: str | None = None) -> None:
+        self.request_id = request_id or "req_" + os.urandom(12).hex()
+        self.method = method
+        self.path = path
+        self.started = time.perf_counter()
+        self.status = 0
+        self.ttfb: float | None = None
+        self.app_id: str | None = None
+        self.user_id: str | None = None
+        self.model: str | None = None
+        self.code: str | None = None
+        self.cost_nano: int | None = None
+
+
+def record_of(scope: Scope) -> RequestRecord:
+    record = scope.get(RECORD_KEY)
+    if record is None:  # called outside the middleware (tests): a throwaway record
+        record = RequestRecord(method=scope.get("method", ""), path=scope.get("path", ""))
+        scope[RECORD_KEY] = record
+    assert isinstance(record, RequestRecord)
+    return record
+
+
+class Metrics:
+    """The gateway's Prometheus metrics, in a registry of its own (no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "wattfare_requests_total", "HTTP requests by route and status.",
+            ["route", "status"], registry=self.registry,
+        )
+        self.errors = Counter(
+            "wattfare_errors_total", "Errors returned, by code.", ["code"], registry=self.registry
+        )
+        self.ttfb = Histogram(
+            "wattfare_ttfb_seconds", "Time to first response byte of chat completions.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.spend = Counter(
+            "wattfare_spend_usd_total", "USD charged to end users.", registry=self.registry
+        )
+        self.operator_excess = Counter(
+            "wattfare_operator_excess_usd_total",
+            "USD the upstream reported beyond what could be charged (borne by the operator).",
+            registry=self.registry,
+        )
+        self.stream_ends = Counter(
+            "wattfare_stream_ends_total", "Streams ended, by how they ended.", ["reason"],
+            registry=self.registry,
+        )
+        self.open_streams = Gauge(
+            "wattfare_open_streams", "Streams open now.", registry=self.registry
+        )
+        self.reconciled = Counter(
+            "wattfare_reconciled_holds_total", "Holds of lost processes settled.",
+            registry=self.registry,
+        )
+
+
+class AccessLogMiddleware:
+    """Times the first body byte and writes one log line and the metrics per request."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, enabled: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.enabled = enabled
+        # Request ids: a random prefix per process and a counter (unique without a
+        # system call per request).
+        self._id_prefix = "req_" + os.urandom(8).hex()
+        self._ids = itertools.count(1)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        record = RequestRecord(
+            method=scope["method"], path=scope["path"],
+            request_id=f"{self._id_prefix}{next(self._ids):08x}",
+        )
+        scope[RECORD_KEY] = record
+
+        async def send_wrapper(message: Message) -> None:
+            if record.ttfb is None:
+                if message["type"] == "http.response.start":
+                    record.status = message["status"]
+                    message.setdefault("headers", []).append(
+                        (b"x-request-id", record.request_id.encode())
+                    )
+                elif message["type"] == "http.response.body":
+                    record.ttfb = time.perf_counter() - record.started
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self._emit(record)
+
+    def _emit(self, record: RequestRecord) -> None:
+        duration = time.perf_counter() - record.started
+        route = record.path if record.path.startswith(("/v1/", "/healthz", "/metrics")) else "other"
+        self.metrics.requests.labels(route, str(record.status)).inc()
+        if record.code is not None:
+            self.metrics.errors.labels(record.code).inc()
+        if record.path == "/v1/chat/completions" and record.ttfb is not None:
+            self.metrics.ttfb.observe(record.ttfb)
+        if not self.enabled or not access_log.isEnabledFor(logging.INFO):
+            return
+        line: dict[str, Any] = {
+            "ts": round(time.time(), 3),
+            "request_id": record.request_id,
+            "method": record.method,
+            "path": record.path,
+            "status": record.status,
+            "app": record.app_id,
+            "user": record.user_id,
+            "model": record.model,
+            "code": record.code,
+            "ttfb_ms": None if record.ttfb is None else round(record.ttfb * 1000, 3),
+            "duration_ms": round(duration * 1000, 3),
+            "cost_usd": None if record.cost_nano is None else nano_to_usd(record.cost_nano),
+        }
+        access_log.info("%s", orjson.dumps(line).decode())

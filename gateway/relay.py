@@ -1,0 +1,480 @@
+"""The streaming relay: upstream SSE bytes to the client as they arrive, metered.
+
+Per read from the upstream the relay forwards every *complete* event in one ASGI message,
+byte for byte; an event split across reads waits for its end (a fraction of an event,
+useless to a client, is the only thing ever held back). Per event it adds an upper bound
+of the tokens it carries to a running estimate and compares it with the hold: an integer
+compare. When the estimate outgrows the hold the hold is extended in the store; when the
+cap cannot cover it, or the connection is revoked, the upstream request is stopped and the
+stream ends with an error event, a usage chunk with what was charged, and ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from gateway.auth import Principal
+from gateway.errors import (
+    ConnectionRevoked,
+    GatewayError,
+    SpendCapReached,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from gateway.http import DisconnectWatch
+from gateway.live import StreamFlag
+from gateway.metering import Price, nano_to_usd, usage_cost_nano
+from gateway.sse import DONE, token_bound
+from gateway.state import GatewayState
+from gateway.store.base import Hold, Store
+from gateway.upstream import (
+    ERROR_BODY_LIMIT,
+    error_from_upstream,
+    error_in_body,
+    mapped_transport_errors,
+)
+
+log = logging.getLogger("wattfare.relay")
+
+# After [DONE] the body's end is due at once; an upstream that keeps the connection open
+# past this is not waited for.
+AFTER_DONE_S = 0.25
+# An event longer than this without a blank line is not SSE from a sane upstream.
+MAX_PENDING_EVENT = 4 * 1024 * 1024
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+@dataclass(slots=True)
+class StreamResult:
+    """How a request went and what it cost: becomes the ledger row."""
+
+    model: str
+    cost_nano: int = 0
+    cost_source: str = "estimate"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    status: str = "ok"
+    http_status: int = 200
+    error_code: str | None = None
+    generation_id: str | None = None
+    estimate_only: bool = False
+    settled: bool = False
+    charged_nano: int = 0
+
+    def set_cost(
+        self, *, cost: int, source: str, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        self.cost_nano = cost
+        self.cost_source = source
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+
+
+class _End(Exception):
+    """Ends the pump early: why, and the error the client is told."""
+
+    def __init__(self, status: str, error: GatewayError) -> None:
+        super().__init__(status)
+        self.status = status
+        self.error = error
+
+
+Settle = Callable[[StreamResult], Awaitable[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamJob:
+    """One admitted streamed request, as the proxy hands it over: who, what it holds, its
+    price and prompt bound, the body for the upstream, and how to settle it."""
+
+    principal: Principal
+    hold: Hold
+    price: Price
+    prompt_tokens: int
+    model: str
+    body: bytes
+    settle: Settle
+
+
+class Relay:
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+
+    async def run(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        job: StreamJob,
+    ) -> StreamResult:
+        """Relay one stream. Raises GatewayError only before the response has started."""
+        watch = DisconnectWatch(receive)
+        try:
+            return await self._run(send, job, watch=watch)
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            # Gone before the upstream answered: nothing was generated for anyone.
+            watch.task.uncancel()
+            result = StreamResult(
+                model=job.model, status="client_disconnected", http_status=499
+            )
+            result.charged_nano = await job.settle(result)
+            result.settled = True
+            return result
+        finally:
+            watch.close()
+
+    async def _run(
+        self,
+        send: Send,
+        job: StreamJob,
+        *,
+        watch: DisconnectWatch,
+    ) -> StreamResult:
+        response = await self.state.upstream.open_chat(job.body, accept="text/event-stream")
+        if response.status_code != 200 or not response.headers.get(
+            "content-type", ""
+        ).startswith("text/event-stream"):
+            await self._refuse(response)
+
+        result = StreamResult(
+            model=job.model, generation_id=response.headers.get("x-generation-id")
+        )
+        headers = list(SSE_HEADERS)
+        if result.generation_id:
+            headers.append((b"x-generation-id", result.generation_id.encode("latin-1")))
+        assert job.principal.user_id is not None
+        key = (job.principal.app.id, job.principal.user_id)
+        live, metrics = self.state.live, self.state.metrics
+        meter = _Meter(
+            price=job.price, prompt_tokens=job.prompt_tokens, hold=job.hold,
+            store=self.state.store,
+            extend_tokens=self.state.settings.metering.extend_tokens,
+        )
+        flag = live.open(key)
+        metrics.open_streams.inc()
+        end: _End | None = None
+        try:
+            try:
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await self._pump(response, send, flag=flag, meter=meter, result=result)
+            except _End as stop:
+                end = stop
+            except asyncio.CancelledError:
+                if not watch.gone:
+                    raise
+                watch.task.uncancel()
+                end = _End("client_disconnected", UpstreamError("client disconnected"))
+            finally:
+                watch.armed = False
+                live.close(key, flag)
+                metrics.open_streams.dec()
+        finally:
+            # Closing an unfinished response drops the upstream connection: the
+            # upstream stops generating.
+            with contextlib.suppress(Exception):
+                await response.aclose()
+
+        if end is not None:
+            result.status = end.status
+            if end.status != "client_disconnected":
+                result.error_code = end.error.code
+        if not meter.saw_usage:
+            result.estimate_only = True
+            meter.charge_estimate(result)
+        metrics.stream_ends.labels(result.status).inc()
+        result.charged_nano = await job.settle(result)
+        result.settled = True
+        if end is None:
+            await send({"type": "http.response.body", "body": meter.final, "more_body": False})
+        elif end.status != "client_disconnected":
+            tail = end.error.sse_event() + self._usage_event(result) + b"data: [DONE]\n\n"
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        return result
+
+    async def _refuse(self, response: httpx.Response) -> None:
+        """The upstream answered with an error (or not with a stream): raise it."""
+        try:
+            with mapped_transport_errors("reading the error"):
+                async with asyncio.timeout(self.state.upstream.settings.idle_timeout_s):
+                    raw = b""
+                    async for chunk in response.aiter_raw():
+                        raw += chunk
+                        if len(raw) > ERROR_BODY_LIMIT:
+                            break
+        finally:
+            await response.aclose()
+        status = response.status_code
+        if status == 200:
+            in_body = error_in_body(raw)
+            if in_body is None:
+                raise UpstreamError("The upstream did not answer with a stream.")
+            status = in_body
+        raise error_from_upstream(status, raw[:ERROR_BODY_LIMIT], response.headers)
+
+    def _usage_event(self, result: StreamResult) -> bytes:
+        return (
+            b"data: "
+            + orjson.dumps({
+                "id": result.generation_id or "",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": result.model,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                    "total_tokens": result.prompt_tokens + result.completion_tokens,
+                    "cost": nano_to_usd(result.charged_nano),
+                },
+            })
+            + b"\n\n"
+        )
+
+    async def _pump(
+        self,
+        response: httpx.Response,
+        send: Send,
+        *,
+        flag: StreamFlag,
+        meter: _Meter,
+        result: StreamResult,
+    ) -> None:
+        """Forward events until ``[DONE]`` (returns) or a reason to stop (raises _End)."""
+        idle_s = self.state.upstream.settings.idle_timeout_s
+        checkpoint_s = self.state.settings.metering.checkpoint_interval_s
+        loop = asyncio.get_running_loop()
+        pending = b""
+        next_checkpoint = loop.time() + checkpoint_s
+        idle = _IdleTimer(loop, idle_s)
+        try:
+            try:
+                async for chunk in response.aiter_raw():
+                    now = idle.last = loop.time()
+                    buf = pending + chunk if pending else chunk
+                    last = buf.rfind(b"\n\n")
+                    if last == -1:
+                        if len(buf) > MAX_PENDING_EVENT:
+                            raise _End("upstream_error", _unusable())
+                        pending = buf
+                        continue
+                    cut = last + 2
+                    pending = buf[cut:]
+                    forward_to = await meter.scan(buf, cut, flag=flag, result=result)
+                    if forward_to < cut:
+                        if forward_to:
+                            await send({"type": "http.response.body",
+                                        "body": buf[:forward_to], "more_body": True})
+                        assert meter.stop is not None
+                        raise meter.stop
+                    if meter.done:
+                        # Everything before [DONE] goes at once; [DONE] itself waits for
+                        # the settlement and leaves with the end of the response, so a
+                        # client that has seen it finds its charge committed.
+                        start = 0
+                        if meter.done_at >= 0:
+                            start, meter.done_at = meter.done_at, -1
+                            idle.shorten(AFTER_DONE_S)
+                            if start:
+                                await send({"type": "http.response.body",
+                                            "body": buf[:start], "more_body": True})
+                        meter.final += buf[start:cut]
+                        continue
+                    await send({"type": "http.response.body", "body": buf[:cut] if pending else buf,
+                                "more_body": True})
+                    # A client slow to take the bytes is not the upstream being silent.
+                    idle.last = loop.time()
+                    if now >= next_checkpoint:
+                        next_checkpoint = now + checkpoint_s
+                        await meter.extend(0)
+            except asyncio.CancelledError:
+                if not idle.fired:
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                raise TimeoutError from None
+            finally:
+                idle.stop()
+        except TimeoutError:
+            if meter.done:
+                return  # [DONE] arrived; only the end of the body did not
+            raise _End(
+                "upstream_timeout",
+                UpstreamTimeout(f"The upstream sent nothing for {idle_s:g} s."),
+            ) from None
+        except _End:
+            raise
+        except Exception as exc:  # transport errors, mapped by httpx or not
+            if meter.done:
+                return
+            log.warning("upstream stream broke: %r", exc)
+            raise _End(
+                "upstream_error", UpstreamError("The upstream connection was lost mid-stream.")
+            ) from None
+        if not meter.done:
+            raise _End("upstream_error", UpstreamError("The upstream ended the stream early."))
+
+
+class _IdleTimer:
+    """Cancels the task once nothing has arrived for ``idle_s``.
+
+    One timer per idle period, not one per chunk: the relay only stores the time of the
+    latest chunk in ``last``, and the timer, when it fires early, re-arms itself for the
+    rest of the period.
+    """
+
+    __slots__ = ("fired", "handle", "idle_s", "last", "loop", "task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, idle_s: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.loop, self.task, self.idle_s = loop, task, idle_s
+        self.fired = False
+        self.last = loop.time()
+        self.handle = loop.call_at(self.last + idle_s, self._check)
+
+    def _check(self) -> None:
+        due = self.last + self.idle_s
+        if self.loop.time() >= due:
+            self.fired = True
+            self.task.cancel()
+        else:
+            self.handle = self.loop.call_at(due, self._check)
+
+    def shorten(self, idle_s: float) -> None:
+        """From now on, give up after ``idle_s`` of silence."""
+        self.handle.cancel()
+        self.idle_s = idle_s
+        self.last = self.loop.time()
+        self.handle = self.loop.call_at(self.last + idle_s, self._check)
+
+    def stop(self) -> None:
+        self.handle.cancel()
+
+
+class _Meter:
+    """The running estimate of one stream, checked against its hold."""
+
+    __slots__ = (
+        "completion_pico", "completion_tokens", "covered", "done", "done_at", "extend_nano",
+        "final", "hold", "hold_nano", "price", "prompt_nano", "prompt_tokens", "saw_usage",
+        "stop", "store",
+    )
+
+    def __init__(
+        self, *, price: Price, prompt_tokens: int, hold: Hold, store: Store, extend_tokens: int
+    ) -> None:
+        self.price = price
+        self.prompt_tokens = prompt_tokens
+        self.prompt_nano = price.cost_nano(prompt_tokens, 0)
+        self.completion_pico = price.completion
+        self.completion_tokens = 0
+        self.hold = hold
+        self.hold_nano = hold.amount_nano
+        self.store = store
+        self.extend_nano = price.cost_nano(0, extend_tokens)
+        self.saw_usage = False
+        self.done = False
+        self.final = b""  # [DONE] and what follows it, sent after settlement
+        self.done_at = -1  # where [DONE] starts in the read being scanned
+        self.covered = self._covered_tokens()
+        self.stop: _End | None = None
+
+    def estimate_nano(self) -> int:
+        return self.prompt_nano + -(-self.completion_tokens * self.completion_pico // 1000)
+
+    def charge_estimate(self, result: StreamResult) -> None:
+        # Our own over-count is not the upstream's report: it is charged up to the hold
+        # and never booked as the operator's excess.
+        result.set_cost(
+            cost=min(self.estimate_nano(), self.hold_nano), source="estimate",
+            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+        )
+
+    async def extend(self, needed: int) -> bool:
+        """Grow the hold by at least ``needed`` (a block at a time) and checkpoint the
+        estimate; False if the connection was revoked meanwhile."""
+        extension = await self.store.extend(
+            self.hold.id, add_nano=max(needed, self.extend_nano) if needed else 0,
+            used_nano=self.estimate_nano(),
+        )
+        self.hold_nano += extension.granted_nano
+        self.covered = self._covered_tokens()
+        return not extension.revoked
+
+    def _covered_tokens(self) -> int:
+        """The most completion tokens the hold pays for, on top of the prompt."""
+        if self.completion_pico <= 0:
+            return 1 << 62
+        return (self.hold_nano - self.prompt_nano) * 1000 // self.completion_pico
+
+    async def scan(self, buf: bytes, end: int, *, flag: StreamFlag, result: StreamResult) -> int:
+        """Meter the events in ``buf[:end]``; the offset up to which they may be forwarded."""
+        pos = 0
+        while pos < end:
+            nxt = buf.find(b"\n\n", pos, end)
+            if flag.revoked:
+                self.stop = _End("cut_revoked", _revoked())
+                return pos
+            if buf.startswith(b"data: ", pos):
+                payload = buf[pos + 6:nxt]
+                if payload == DONE:
+                    if not self.done:
+                        self.done, self.done_at = True, pos
+                elif not payload or payload[0] != 0x7B or payload[-1] != 0x7D:
+                    self.stop = _End("upstream_error", _unusable())
+                    return pos
+                else:
+                    self.completion_tokens += token_bound(payload)
+                    # Cheap supersets of the rare cases; _read_rare parses to be sure.
+                    if b'"usage"' in payload or b'"error"' in payload:
+                        self._read_rare(payload, result)
+                    if self.completion_tokens > self.covered and not self.saw_usage:
+                        estimate = self.estimate_nano()
+                        if not await self.extend(estimate - self.hold_nano) or flag.revoked:
+                            self.stop = _End("cut_revoked", _revoked())
+                            return pos
+                        if estimate > self.hold_nano:
+                            self.stop = _End("cut_cap", SpendCapReached(
+                                "This user's monthly spending cap for this app is reached."
+                            ))
+                            return pos
+            pos = nxt + 2
+        return end
+
+    def _read_rare(self, payload: bytes, result: StreamResult) -> None:
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(doc, dict):
+            return
+        if isinstance(doc.get("error"), dict):
+            result.status = "upstream_error"
+            result.error_code = UpstreamError.code
+        usage = doc.get("usage")
+        if isinstance(usage, dict):
+            cost, source, p, c = usage_cost_nano(usage, self.price)
+            result.set_cost(cost=cost, source=source, prompt_tokens=p, completion_tokens=c)
+            self.saw_usage = True
+
+
+def _revoked() -> ConnectionRevoked:
+    return ConnectionRevoked("The connection was revoked.")
+
+
+def _unusable() -> UpstreamError:
+    return UpstreamError("The upstream sent an unusable chunk.")

@@ -1,0 +1,190 @@
+"""The JSON API around the proxy: sessions, models, connection, health, metrics."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.auth import CredentialKind, Principal
+from gateway.errors import GatewayError, InvalidRequest, NotConnected
+from gateway.http import read_body
+from gateway.metering import nano_to_usd
+from gateway.state import GatewayState
+from gateway.store.base import ConnectionState, period_of
+from gateway.tokens import mint_session_token, valid_user_id
+
+USER_ROUTES: frozenset[CredentialKind] = frozenset({"session", "secret"})
+ANY_CREDENTIAL: frozenset[CredentialKind] = frozenset({"session", "secret", "publishable"})
+SECRET_ONLY: frozenset[CredentialKind] = frozenset({"secret"})
+SESSION_BODY_LIMIT = 16 * 1024
+
+
+def json_response(content: Any, *, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+def state_of(request: Request) -> GatewayState:
+    state = request.app.state.gateway
+    assert isinstance(state, GatewayState)
+    return state
+
+
+def user_header(request: Request) -> str | None:
+    """``Wattfare-User`` as UTF-8, as the chat completion route reads it.
+
+    Starlette decodes header values as latin-1: a UTF-8 user id read that way names a
+    different user here than the one chat completions charge.
+    """
+    for name, value in request.scope["headers"]:
+        if name == b"wattfare-user":
+            try:
+                return bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidRequest(
+                    "Header 'Wattfare-User' must be UTF-8.", param="Wattfare-User"
+                ) from None
+    return None
+
+
+async def authenticate(
+    request: Request, allow: frozenset[CredentialKind], *, need_user: bool
+) -> Principal:
+    principal = await state_of(request).auth.authenticate(
+        request.headers.get("authorization"),
+        user_header(request),
+        allow=allow,
+        fresh=True,
+    )
+    if need_user and principal.user_id is None:
+        raise InvalidRequest(
+            "A secret key must name the user in the 'Wattfare-User' header.",
+            param="Wattfare-User",
+        )
+    request.scope["wattfare.record"].app_id = principal.app.id
+    request.scope["wattfare.record"].user_id = principal.user_id
+    return principal
+
+
+async def json_body(request: Request, *, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length", "")
+    raw = await read_body(
+        request.receive, limit=limit, declared=int(declared) if declared.isdigit() else None
+    )
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+async def create_session(request: Request) -> Response:
+    """``POST /v1/sessions``: mint a session token with the caller's secret key."""
+    await authenticate(request, SECRET_ONLY, need_user=False)
+    body = await json_body(request, limit=SESSION_BODY_LIMIT)
+    user_id = body.get("user_id")
+    if not valid_user_id(user_id):
+        raise InvalidRequest("'user_id' must be 1-256 printable characters.", param="user_id")
+    assert isinstance(user_id, str)
+    monthly_usd: float | None = None
+    limit = body.get("request_limit")
+    if limit is not None:
+        if not isinstance(limit, dict):
+            raise InvalidRequest("'request_limit' must be an object.", param="request_limit")
+        value = limit.get("monthly_usd")
+        if value is not None:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not 0 <= value <= 1e9
+            ):
+                raise InvalidRequest(
+                    "'request_limit.monthly_usd' must be a number >= 0.",
+                    param="request_limit.monthly_usd",
+                )
+            monthly_usd = float(value)
+    # The secret key signs the token in memory and is forgotten; it is never stored.
+    secret = request.headers["authorization"].partition(" ")[2].strip()
+    minted = mint_session_token(secret, user_id, monthly_usd=monthly_usd)
+    return json_response(
+        {"token": minted.token, "expires_at": minted.expires_at, "user_id": minted.user_id}
+    )
+
+
+async def list_models(request: Request) -> Response:
+    """``GET /v1/models``: the upstream's list with pricing, as the upstream sent it."""
+    await authenticate(request, ANY_CREDENTIAL, need_user=False)
+    catalog = await state_of(request).upstream.catalog()
+    return Response(catalog.body, media_type="application/json")
+
+
+def _connection_json(principal: Principal, conn: ConnectionState | None) -> dict[str, Any]:
+    period = period_of(time.time())
+    if conn is None:
+        return {
+            "object": "connection", "status": "not_connected", "user_id": principal.user_id,
+            "monthly_cap_usd": None, "spent_usd": 0.0, "remaining_usd": None, "period": period,
+        }
+    return {
+        "object": "connection",
+        "status": conn.status,
+        "user_id": principal.user_id,
+        "monthly_cap_usd": nano_to_usd(conn.cap_nano),
+        "spent_usd": nano_to_usd(conn.settled_nano),
+        "remaining_usd": nano_to_usd(conn.remaining_nano) if conn.status == "connected" else 0.0,
+        "period": conn.period,
+    }
+
+
+async def get_connection(request: Request) -> Response:
+    """``GET /v1/connection``: the user's connection to the calling app, this month."""
+    principal = await authenticate(request, USER_ROUTES, need_user=True)
+    state = state_of(request)
+    assert principal.user_id is not None
+    conn = await state.store.connection(principal.app.id, principal.user_id, period_of(time.time()))
+    return json_response(_connection_json(principal, conn))
+
+
+async def delete_connection(request: Request) -> Response:
+    """``DELETE /v1/connection``: the app disconnects the user; open streams are cut."""
+    principal = await authenticate(request, USER_ROUTES, need_user=True)
+    state = state_of(request)
+    assert principal.user_id is not None
+    key = (principal.app.id, principal.user_id)
+    if not await state.revoke(*key):
+        raise NotConnected("This user has no connection to this app.")
+    conn = await state.store.connection(*key, period_of(time.time()))
+    return json_response(_connection_json(principal, conn))
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness and store reachability."""
+    try:
+        await state_of(request).store.ping()
+    except Exception:
+        return json_response({"status": "degraded", "store": "unreachable"}, status=503)
+    return json_response({"status": "ok", "store": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(state_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )
+
+
+async def render_gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    record = request.scope.get("wattfare.record")
+    if record is not None:
+        record.code = exc.code
+    return Response(
+        exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers
+    )

@@ -1,0 +1,31 @@
+"""Everything a request handler needs, owned by the app's lifespan and handed over
+explicitly (no module-level state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.auth import Authenticator
+from gateway.config import Settings
+from gateway.live import LiveStreams
+from gateway.observability import Metrics
+from gateway.store.base import Store
+from gateway.upstream import Upstream
+
+
+@dataclass(slots=True)
+class GatewayState:
+    settings: Settings
+    store: Store
+    auth: Authenticator
+    upstream: Upstream
+    metrics: Metrics
+    live: LiveStreams
+
+    async def revoke(self, app_id: str, user_id: str) -> bool:
+        """Revoke a connection and cut its open streams in this process at once (other
+        processes learn of it from the store); False if there is no such connection."""
+        if not await self.store.revoke(app_id, user_id):
+            return False
+        self.live.revoke((app_id, user_id))
+        return True

@@ -1,0 +1,17 @@
+"""Storage backends behind one protocol (:class:`gateway.store.base.Store`)."""
+
+from __future__ import annotations
+
+from gateway.config import StoreSettings
+from gateway.store.base import Store
+from gateway.store.sqlite import SQLiteStore
+
+
+def make_store(settings: StoreSettings) -> Store:
+    """The backend the settings name (not yet opened)."""
+    if settings.backend == "sqlite":
+        return SQLiteStore(settings.path, busy_timeout_ms=settings.busy_timeout_ms)
+    raise ValueError(f"store.backend: unknown backend {settings.backend!r}")
+
+
+__all__ = ["SQLiteStore", "Store", "make_store"]

@@ -1,0 +1,672 @@
+"""The embedded SQLite store (the default).
+
+Durability, as configured here (WAL, ``synchronous=NORMAL``):
+
+- A process crash (``kill -9``) loses nothing that was committed: a settled charge is in
+  the WAL before :meth:`SQLiteStore.settle` returns. Holds the dead process left are
+  charged their last checkpoint at the next start-up (or by a live worker, once the dead
+  one's heartbeat is stale).
+- A power loss or kernel crash may lose the last transactions committed before it (WAL
+  frames not yet synced); the database stays consistent (never half a transaction).
+  Operators who need every commit on disk set ``PRAGMA synchronous=FULL`` semantics by
+  running on a battery-backed disk or choose a replicated store.
+
+Concurrency: every statement runs on aiosqlite's single connection thread. Each
+read-modify-write transaction runs there as *one* function between ``BEGIN IMMEDIATE``
+and ``COMMIT``, so transactions of this process never interleave and cost one thread
+hop each; ``BEGIN IMMEDIATE`` with a busy timeout serialises them against other
+processes (``--workers``) on the same file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import aiosqlite
+import orjson
+
+from gateway.keys import Mode, generate_key_pair, secret_key_hash
+from gateway.store.base import (
+    App,
+    CapReached,
+    Charge,
+    ConnectionState,
+    Extension,
+    Hold,
+    HoldRequest,
+    LedgerRow,
+    NewApp,
+    NoConnection,
+    Revoked,
+    Settlement,
+    StaleCredential,
+    UnknownApp,
+)
+from gateway.store.sqlite_accounts import (
+    AccountsMixin,
+    account_hold,
+    account_room,
+    account_settle,
+    transaction,
+)
+from gateway.store.sqlite_schema import MIGRATIONS
+
+T = TypeVar("T")
+
+log = logging.getLogger("wattfare.store")
+CHECKPOINT_INTERVAL_S = 1.0
+
+# An instance whose heartbeat is older than this is presumed dead.
+STALE_AFTER_S = 30
+
+_APP_COLUMNS = (
+    "id, name, mode, publishable_key, secret_hash, key_version, origins, status, created_at"
+)
+
+
+def _app(row: sqlite3.Row | tuple[Any, ...]) -> App:
+    return App(
+        id=row[0],
+        name=row[1],
+        mode=row[2],
+        publishable_key=row[3],
+        secret_hash=bytes(row[4]),
+        key_version=row[5],
+        origins=tuple(orjson.loads(row[6])),
+        status=row[7],
+        created_at=row[8],
+    )
+
+
+def _ensure_parent(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
+def _process_start(pid: int) -> str:
+    """When ``pid`` started (Linux: clock ticks since boot), to tell a reused pid apart;
+    empty where the system does not say."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    # Field 22; the command name (field 2) may hold spaces, so count from its end.
+    return stat[stat.rfind(b")") + 2:].split()[19].decode()
+
+
+def _process_alive(pid: int, started: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return not started or _process_start(pid) == started
+
+
+class SQLiteStore(AccountsMixin):
+    """:class:`gateway.store.base.Store` on one SQLite file (its end-user half:
+    :mod:`gateway.store.sqlite_accounts`)."""
+
+    def __init__(self, path: str, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        self.instance_id = uuid.uuid4().hex
+        self._db: aiosqlite.Connection | None = None
+        self._registered = False
+        # Group commit: money transactions queued while a batch is on the connection
+        # thread go together in the next one (one thread hop, one commit).
+        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            await asyncio.to_thread(_ensure_parent, self.path)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+        self._db = await aiosqlite.connect(
+            self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000
+        )
+        await self._run(self._configure)
+        await self._run(self._migrate)
+        await self._run(self._register_instance)
+        if self.path != ":memory:":
+            self._checkpointer = asyncio.create_task(self._checkpoint_loop())
+
+    async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
+            self._checkpointer = None
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._db is not None:
+            db, self._db = self._db, None
+            try:
+                await self._run_on(db, self._unregister_instance)
+            finally:
+                await db.close()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return await self._run_on(self._db, fn)
+
+    @staticmethod
+    async def _run_on(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # aiosqlite hops to its thread once per statement; a transaction of five
+        # statements would cost five hops and could interleave with another coroutine's.
+        # Its (stable since 0.1, but underscored) _execute runs one function on that
+        # thread, so a whole transaction is one hop and atomic with respect to this
+        # process.
+        proxy = cast(Any, db)
+        return cast(T, await proxy._execute(lambda: fn(proxy._conn)))
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        # A checkpoint syncs the database file; run in a commit, it would stall every
+        # request queued behind that commit. A separate connection does it instead.
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute("PRAGMA foreign_keys = ON")
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"database schema version {version} is newer than this gateway "
+                    f"({len(MIGRATIONS)}); upgrade the gateway"
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _register_instance(self, conn: sqlite3.Connection) -> None:
+        now = int(time.time())
+        conn.execute(
+            "INSERT INTO instances (id, pid, host, proc_start, started_at, heartbeat_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (self.instance_id, os.getpid(), socket.gethostname(),
+             _process_start(os.getpid()), now, now),
+        )
+        self._registered = True
+
+    def _unregister_instance(self, conn: sqlite3.Connection) -> None:
+        if not self._registered:
+            return
+        # Holds of requests still open at shutdown were settled by their handlers; any
+        # left are charged by reconciliation as usual, so keep the row if there are some.
+        conn.execute(
+            "DELETE FROM instances WHERE id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM holds WHERE instance_id = ?)",
+            (self.instance_id, self.instance_id),
+        )
+
+    async def _checkpoint_loop(self) -> None:
+        """Move the WAL into the database about once a second, off the serving
+        connection's thread (PASSIVE: never waits for, nor blocks, writers)."""
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            while True:
+                await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+                try:
+                    await db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    log.warning("WAL checkpoint failed: %s", exc)
+        finally:
+            await db.close()
+
+    async def _batched(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a transaction of its own (a savepoint), committed together with
+        whatever else is queued: it returns only once its commit is done."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((fn, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            run = functools.partial(self._run_batch, fns=[fn for fn, _ in batch])
+            try:
+                outcomes = await self._run(run)
+            except BaseException as exc:  # the batch as a whole failed (e.g. locked)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    @staticmethod
+    def _run_batch(
+        conn: sqlite3.Connection, *, fns: list[Callable[[sqlite3.Connection], Any]]
+    ) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for fn in fns:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((False, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((True, value))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def heartbeat(self) -> None:
+        now = int(time.time())
+        await self._run(
+            lambda c: c.execute(
+                "UPDATE instances SET heartbeat_at = ? WHERE id = ?", (now, self.instance_id)
+            )
+        )
+
+    # -- apps and keys --------------------------------------------------------------------
+
+    async def create_app(self, *, name: str, mode: Mode, origins: tuple[str, ...]) -> NewApp:
+        keys = generate_key_pair(mode)
+        now = int(time.time())
+        app = App(
+            id="app_" + uuid.uuid4().hex[:20],
+            name=name,
+            mode=mode,
+            publishable_key=keys.publishable_key,
+            secret_hash=secret_key_hash(keys.secret_key),
+            key_version=1,
+            origins=origins,
+            status="active",
+            created_at=now,
+        )
+
+        def insert(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    "INSERT INTO apps (id, name, mode, publishable_key, secret_hash, "
+                    "key_version, origins, status, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, 1, ?, 'active', ?, ?)",
+                    (app.id, name, mode, app.publishable_key, app.secret_hash,
+                     orjson.dumps(list(origins)).decode(), now, now),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ValueError(f"an app named {name!r} already exists") from exc
+
+        await self._run(insert)
+        return NewApp(app=app, keys=keys)
+
+    async def list_apps(self) -> list[App]:
+        rows = await self._run(
+            lambda c: c.execute(f"SELECT {_APP_COLUMNS} FROM apps ORDER BY created_at, rowid")  # noqa: S608 (constant columns)
+            .fetchall()
+        )
+        return [_app(r) for r in rows]
+
+    async def roll_key(self, app: str) -> NewApp:
+        def roll(conn: sqlite3.Connection) -> NewApp:
+            def body() -> NewApp:
+                row = conn.execute(
+                    f"SELECT {_APP_COLUMNS} FROM apps WHERE id = ? OR name = ?", (app, app)  # noqa: S608 (constant columns)
+                ).fetchone()
+                if row is None:
+                    raise UnknownApp(app)
+                old = _app(row)
+                keys = generate_key_pair(old.mode)
+                new = App(
+                    id=old.id, name=old.name, mode=old.mode,
+                    publishable_key=keys.publishable_key,
+                    secret_hash=secret_key_hash(keys.secret_key),
+                    key_version=old.key_version + 1, origins=old.origins,
+                    status=old.status, created_at=old.created_at,
+                )
+                conn.execute(
+                    "UPDATE apps SET publishable_key = ?, secret_hash = ?, key_version = ?, "
+                    "updated_at = ? WHERE id = ?",
+                    (new.publishable_key, new.secret_hash, new.key_version,
+                     int(time.time()), old.id),
+                )
+                return NewApp(app=new, keys=keys)
+
+            return transaction(conn, body)
+
+        return await self._run(roll)
+
+    async def app_by_publishable_key(self, publishable_key: str) -> App | None:
+        row = await self._run(
+            lambda c: c.execute(
+                f"SELECT {_APP_COLUMNS} FROM apps WHERE publishable_key = ?", (publishable_key,)  # noqa: S608 (constant columns)
+            ).fetchone()
+        )
+        return None if row is None else _app(row)
+
+    async def app_by_secret_hash(self, secret_hash: bytes) -> App | None:
+        row = await self._run(
+            lambda c: c.execute(
+                f"SELECT {_APP_COLUMNS} FROM apps WHERE secret_hash = ?", (secret_hash,)  # noqa: S608 (constant columns)
+            ).fetchone()
+        )
+        return None if row is None else _app(row)
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def connection(self, app_id: str, user_id: str, period: str) -> ConnectionState | None:
+        def read(conn: sqlite3.Connection) -> ConnectionState | None:
+            row = conn.execute(
+                "SELECT c.status, c.cap_nano, COALESCE(s.settled_nano, 0), "
+                "COALESCE(s.held_nano, 0), c.account_id FROM connections c LEFT JOIN spend s "
+                "ON s.app_id = c.app_id AND s.user_id = c.user_id AND s.period = ? "
+                "WHERE c.app_id = ? AND c.user_id = ?",
+                (period, app_id, user_id),
+            ).fetchone()
+            if row is None:
+                return None
+            return ConnectionState(
+                app_id=app_id, user_id=user_id, status=row[0], cap_nano=row[1],
+                settled_nano=row[2], held_nano=row[3], period=period,
+                account_room_nano=None if row[4] is None else account_room(conn, row[4], period),
+            )
+
+        return await self._run(read)
+
+    async def revoke(self, app_id: str, user_id: str) -> bool:
+        def revoke(conn: sqlite3.Connection) -> bool:
+            def body() -> bool:
+                now = int(time.time())
+                cur = conn.execute(
+                    "UPDATE connections SET status = 'revoked', updated_at = ? "
+                    "WHERE app_id = ? AND user_id = ? AND status != 'revoked'",
+                    (now, app_id, user_id),
+                )
+                if cur.rowcount:
+                    conn.execute(
+                        "INSERT INTO events (kind, app_id, user_id, created_at) "
+                        "VALUES ('revoked', ?, ?, ?)",
+                        (app_id, user_id, now),
+                    )
+                    return True
+                exists = conn.execute(
+                    "SELECT 1 FROM connections WHERE app_id = ? AND user_id = ?",
+                    (app_id, user_id),
+                ).fetchone()
+                return exists is not None
+
+            return transaction(conn, body)
+
+        return await self._run(revoke)
+
+    async def revocations_since(self, seq: int) -> tuple[int, list[tuple[str, str]]]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT seq, app_id, user_id FROM events WHERE seq > ? AND kind = 'revoked' "
+                "ORDER BY seq LIMIT 1000",
+                (seq,),
+            ).fetchall()
+        )
+        if not rows:
+            if seq < 0:
+                top = await self._run(
+                    lambda c: c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+                )
+                return int(top[0]), []
+            return seq, []
+        return int(rows[-1][0]), [(r[1], r[2]) for r in rows]
+
+    # -- money ----------------------------------------------------------------------------
+
+    async def reserve(self, req: HoldRequest) -> Hold:
+        return await self._batched(lambda c: self._reserve(c, req))
+
+    def _reserve(self, conn: sqlite3.Connection, req: HoldRequest) -> Hold:
+        now = int(time.time())
+        app = conn.execute(
+            "SELECT key_version, status FROM apps WHERE id = ?", (req.app_id,)
+        ).fetchone()
+        if app is None or app[1] != "active" or app[0] != req.key_version:
+            raise StaleCredential(req.app_id)
+        row = conn.execute(
+            "SELECT cap_nano, status, account_id FROM connections "
+            "WHERE app_id = ? AND user_id = ?",
+            (req.app_id, req.user_id),
+        ).fetchone()
+        account_id: str | None = None
+        if row is None:
+            if not req.auto_connect:
+                raise NoConnection(req.user_id)
+            cap = (
+                req.requested_cap_nano
+                if req.requested_cap_nano is not None
+                else req.default_cap_nano
+            )
+            conn.execute(
+                "INSERT INTO connections (app_id, user_id, cap_nano, status, created_at, "
+                "updated_at) VALUES (?, ?, ?, 'connected', ?, ?)",
+                (req.app_id, req.user_id, cap, now, now),
+            )
+        elif row[1] == "revoked":
+            raise Revoked(req.user_id)
+        else:
+            cap, account_id = row[0], row[2]
+            if (
+                req.auto_connect
+                and account_id is None  # a cap a person chose is theirs to change
+                and req.requested_cap_nano is not None
+                and req.requested_cap_nano != cap
+            ):
+                # Test mode approves whatever cap the session asks for, again.
+                cap = req.requested_cap_nano
+                conn.execute(
+                    "UPDATE connections SET cap_nano = ?, updated_at = ? "
+                    "WHERE app_id = ? AND user_id = ?",
+                    (cap, now, req.app_id, req.user_id),
+                )
+        spent = conn.execute(
+            "SELECT settled_nano, held_nano FROM spend "
+            "WHERE app_id = ? AND user_id = ? AND period = ?",
+            (req.app_id, req.user_id, req.period),
+        ).fetchone()
+        settled, held = spent if spent is not None else (0, 0)
+        remaining = max(0, cap - settled - held)
+        budget_binds = False
+        if account_id is not None:
+            room = account_room(conn, account_id, req.period)
+            budget_binds = room < remaining
+            remaining = min(remaining, room)
+        # A free model's minimum is 0: it is admitted even with nothing left.
+        if remaining < req.min_nano:
+            raise CapReached(remaining, budget=budget_binds)
+        amount = min(req.want_nano, remaining)
+        hold_id = "hold_" + req.request_id  # request ids are unique
+        conn.execute(
+            "INSERT INTO holds (id, request_id, app_id, user_id, period, model, amount_nano, "
+            "used_nano, instance_id, created_at, updated_at, account_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
+            (hold_id, req.request_id, req.app_id, req.user_id, req.period, req.model,
+             amount, self.instance_id, now, now, account_id),
+        )
+        if account_id is not None:
+            account_hold(conn, account_id, req.period, amount)
+        conn.execute(
+            "INSERT INTO spend (app_id, user_id, period, settled_nano, held_nano) "
+            "VALUES (?, ?, ?, 0, ?) ON CONFLICT (app_id, user_id, period) "
+            "DO UPDATE SET held_nano = held_nano + excluded.held_nano",
+            (req.app_id, req.user_id, req.period, amount),
+        )
+        return Hold(id=hold_id, amount_nano=amount, period=req.period)
+
+    async def extend(self, hold_id: str, *, add_nano: int, used_nano: int) -> Extension:
+        def body(conn: sqlite3.Connection) -> Extension:
+            row = conn.execute(
+                "SELECT h.app_id, h.user_id, h.period, c.cap_nano, c.status, "
+                "s.settled_nano, s.held_nano, h.account_id FROM holds h "
+                "JOIN connections c ON c.app_id = h.app_id AND c.user_id = h.user_id "
+                "JOIN spend s ON s.app_id = h.app_id AND s.user_id = h.user_id "
+                "AND s.period = h.period WHERE h.id = ?",
+                (hold_id,),
+            ).fetchone()
+            if row is None:
+                return Extension(granted_nano=0, revoked=False)
+            app_id, user_id, period, cap, status, settled, held, account_id = row
+            revoked = status == "revoked"
+            room = cap - settled - held
+            if account_id is not None and not revoked:
+                room = min(room, account_room(conn, account_id, period))
+            grant = 0 if revoked else max(0, min(add_nano, room))
+            conn.execute(
+                "UPDATE holds SET amount_nano = amount_nano + ?, used_nano = MAX(used_nano, ?), "
+                "updated_at = ? WHERE id = ?",
+                (grant, max(0, used_nano), int(time.time()), hold_id),
+            )
+            if grant:
+                conn.execute(
+                    "UPDATE spend SET held_nano = held_nano + ? "
+                    "WHERE app_id = ? AND user_id = ? AND period = ?",
+                    (grant, app_id, user_id, period),
+                )
+                if account_id is not None:
+                    account_hold(conn, account_id, period, grant)
+            return Extension(granted_nano=grant, revoked=revoked)
+
+        return await self._batched(body)
+
+    async def settle(self, settlement: Settlement) -> Charge | None:
+        return await self._batched(lambda c: self._settle(c, settlement))
+
+    @staticmethod
+    def _settle(
+        conn: sqlite3.Connection,
+        s: Settlement,
+    ) -> Charge | None:
+        row = conn.execute(
+            "SELECT h.app_id, h.user_id, h.period, h.amount_nano, "
+            "COALESCE(c.cap_nano, 0), s.settled_nano, s.held_nano, h.account_id FROM holds h "
+            "LEFT JOIN connections c ON c.app_id = h.app_id AND c.user_id = h.user_id "
+            "JOIN spend s ON s.app_id = h.app_id AND s.user_id = h.user_id "
+            "AND s.period = h.period WHERE h.id = ?",
+            (s.hold_id,),
+        ).fetchone()
+        if row is None:
+            return None  # settled already: settling is idempotent
+        app_id, user_id, period, amount, cap, settled, held, account_id = row
+        others_held = max(0, held - amount)
+        allowed = max(0, cap - settled - others_held)
+        if account_id is not None:
+            allowed = min(allowed, account_room(conn, account_id, period, releasing=amount))
+        cost = max(0, s.cost_nano)
+        charged = min(cost, allowed)
+        operator = cost - charged
+        conn.execute("DELETE FROM holds WHERE id = ?", (s.hold_id,))
+        conn.execute(
+            "UPDATE spend SET held_nano = MAX(0, held_nano - ?), settled_nano = settled_nano + ? "
+            "WHERE app_id = ? AND user_id = ? AND period = ?",
+            (amount, charged, app_id, user_id, period),
+        )
+        if account_id is not None:
+            account_settle(conn, account_id, period, released=amount, charged=charged)
+        conn.execute(
+            "INSERT INTO ledger (request_id, app_id, user_id, period, model, prompt_tokens, "
+            "completion_tokens, cost_nano, upstream_cost_nano, operator_nano, cost_source, "
+            "status, http_status, error_code, ttfb_ms, duration_ms, generation_id, created_at, "
+            "account_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (s.request_id, app_id, user_id, period, s.model, s.prompt_tokens,
+             s.completion_tokens, charged, cost, operator, s.cost_source,
+             s.status, s.http_status, s.error_code, s.ttfb_ms, s.duration_ms,
+             s.generation_id, int(time.time()), account_id),
+        )
+        return Charge(charged_nano=charged, operator_nano=operator)
+
+    async def reconcile_stale_holds(self) -> int:
+        """Charge holds whose process is gone their last checkpoint; returns how many."""
+
+        def body(conn: sqlite3.Connection) -> int:
+            now = int(time.time())
+            host = socket.gethostname()
+            dead: list[str] = []
+            for inst_id, pid, inst_host, started, beat in conn.execute(
+                "SELECT id, pid, host, proc_start, heartbeat_at FROM instances WHERE id != ?",
+                (self.instance_id,),
+            ).fetchall():
+                if beat < now - STALE_AFTER_S or (
+                    inst_host == host and not _process_alive(pid, started)
+                ):
+                    dead.append(inst_id)
+            holds = conn.execute(
+                "SELECT id, request_id, model, used_nano, created_at, instance_id FROM holds "
+                "WHERE instance_id != ? AND instance_id NOT IN "
+                "(SELECT id FROM instances WHERE id != ?)",
+                (self.instance_id, self.instance_id),
+            ).fetchall()
+            for inst_id in dead:
+                holds += conn.execute(
+                    "SELECT id, request_id, model, used_nano, created_at, instance_id "
+                    "FROM holds WHERE instance_id = ?",
+                    (inst_id,),
+                ).fetchall()
+            for hold_id, request_id, model, used, created, _ in holds:
+                SQLiteStore._settle(
+                    conn,
+                    Settlement(
+                        hold_id=hold_id, request_id=request_id, model=model, cost_nano=used,
+                        cost_source="reconciled", prompt_tokens=0, completion_tokens=0,
+                        status="reconciled", http_status=0, error_code="process_lost",
+                        ttfb_ms=None, duration_ms=float(max(0, now - created) * 1000),
+                        generation_id=None,
+                    ),
+                )
+            for inst_id in dead:
+                conn.execute("DELETE FROM instances WHERE id = ?", (inst_id,))
+            return len(holds)
+
+        return await self._run(lambda c: transaction(c, lambda: body(c)))
+
+    async def ledger(self, app_id: str, user_id: str, *, limit: int = 100) -> list[LedgerRow]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT request_id, app_id, user_id, period, model, prompt_tokens, "
+                "completion_tokens, cost_nano, upstream_cost_nano, operator_nano, cost_source, "
+                "status, http_status, error_code, ttfb_ms, duration_ms, generation_id, "
+                "created_at FROM ledger WHERE app_id = ? AND user_id = ? "
+                "ORDER BY id DESC LIMIT ?",
+                (app_id, user_id, limit),
+            ).fetchall()
+        )
+        return [LedgerRow(*r) for r in rows]

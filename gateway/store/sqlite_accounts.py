@@ -1,0 +1,337 @@
+"""The SQLite store's end-user side: accounts, browser sessions, consent links, the
+dashboard's queries, and the account half of the money transactions.
+
+:class:`AccountsMixin` is part of :class:`gateway.store.sqlite.SQLiteStore`; it lives in
+its own module to keep each file readable in one sitting. The ``account_*`` functions
+below run inside the store's reserve/extend/settle transactions (on the connection's
+thread, between ``BEGIN IMMEDIATE`` and ``COMMIT``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+from gateway.store.base import (
+    Account,
+    AccountConnection,
+    AccountExists,
+    AccountSpend,
+    Consent,
+    ConsentGone,
+    RequestSummary,
+)
+
+T = TypeVar("T")
+
+_ACCOUNT_COLUMNS = "id, email, password_hash, budget_nano, created_at"
+_CONSENT_COLUMNS = "app_id, user_id, cap_nano, origin, created_at, expires_at, used_at, outcome"
+
+
+def _account(row: tuple[str, str, str, int, int]) -> Account:
+    return Account(
+        id=row[0], email=row[1], password_hash=row[2], budget_nano=row[3], created_at=row[4]
+    )
+
+
+def transaction(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
+    """``body`` between ``BEGIN IMMEDIATE`` and ``COMMIT`` (rolled back if it raises)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = body()
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+# -- the account half of reserve / extend / settle ----------------------------------------
+
+def account_room(
+    conn: sqlite3.Connection, account_id: str, period: str, *, releasing: int = 0
+) -> int:
+    """What remains of the account's budget this period: the budget less what is settled
+    and held, not counting ``releasing`` of the held total (a hold being settled)."""
+    row = conn.execute(
+        "SELECT a.budget_nano, COALESCE(s.settled_nano, 0), COALESCE(s.held_nano, 0) "
+        "FROM accounts a LEFT JOIN account_spend s ON s.account_id = a.id AND s.period = ? "
+        "WHERE a.id = ?",
+        (period, account_id),
+    ).fetchone()
+    if row is None:
+        return 0
+    budget, settled, held = row
+    return int(max(0, budget - settled - max(0, held - releasing)))
+
+
+def account_hold(conn: sqlite3.Connection, account_id: str, period: str, amount: int) -> None:
+    """Add ``amount`` to the account's held total for the period."""
+    conn.execute(
+        "INSERT INTO account_spend (account_id, period, settled_nano, held_nano) "
+        "VALUES (?, ?, 0, ?) ON CONFLICT (account_id, period) "
+        "DO UPDATE SET held_nano = held_nano + excluded.held_nano",
+        (account_id, period, amount),
+    )
+
+
+def account_settle(
+    conn: sqlite3.Connection, account_id: str, period: str, *, released: int, charged: int
+) -> None:
+    conn.execute(
+        "UPDATE account_spend SET held_nano = MAX(0, held_nano - ?), "
+        "settled_nano = settled_nano + ? WHERE account_id = ? AND period = ?",
+        (released, charged, account_id, period),
+    )
+
+
+class AccountsMixin:
+    """Accounts, sessions, consent links and dashboard queries for the SQLite store."""
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        raise NotImplementedError  # provided by SQLiteStore
+
+    # -- accounts ---------------------------------------------------------------------------
+
+    async def create_account(
+        self, *, email: str, password_hash: str, budget_nano: int
+    ) -> Account:
+        now = int(time.time())
+        account = Account(
+            id="acct_" + uuid.uuid4().hex[:20], email=email, password_hash=password_hash,
+            budget_nano=budget_nano, created_at=now,
+        )
+
+        def insert(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    "INSERT INTO accounts (id, email, password_hash, budget_nano, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (account.id, email, password_hash, budget_nano, now, now),
+                )
+            except sqlite3.IntegrityError:
+                raise AccountExists(email) from None
+
+        await self._run(insert)
+        return account
+
+    async def account_by_email(self, email: str) -> Account | None:
+        row = await self._run(
+            lambda c: c.execute(
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE email = ?", (email,)  # noqa: S608 (constant columns)
+            ).fetchone()
+        )
+        return None if row is None else _account(row)
+
+    async def set_account_budget(self, email: str, budget_nano: int) -> Account | None:
+        def update(conn: sqlite3.Connection) -> Account | None:
+            conn.execute(
+                "UPDATE accounts SET budget_nano = ?, updated_at = ? WHERE email = ?",
+                (budget_nano, int(time.time()), email),
+            )
+            row = conn.execute(
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE email = ?", (email,)  # noqa: S608 (constant columns)
+            ).fetchone()
+            return None if row is None else _account(row)
+
+        return await self._run(update)
+
+    async def account_spend(self, account_id: str, period: str) -> AccountSpend:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT a.budget_nano, COALESCE(s.settled_nano, 0), COALESCE(s.held_nano, 0) "
+                "FROM accounts a LEFT JOIN account_spend s "
+                "ON s.account_id = a.id AND s.period = ? WHERE a.id = ?",
+                (period, account_id),
+            ).fetchone()
+        )
+        if row is None:
+            return AccountSpend(budget_nano=0, settled_nano=0, held_nano=0, period=period)
+        return AccountSpend(
+            budget_nano=row[0], settled_nano=row[1], held_nano=row[2], period=period
+        )
+
+    # -- browser sessions -------------------------------------------------------------------
+
+    async def create_web_session(
+        self, token_hash: bytes, *, account_id: str, expires_at: int
+    ) -> None:
+        now = int(time.time())
+
+        def insert(conn: sqlite3.Connection) -> None:
+            # Expired sessions are swept here rather than by a background job.
+            conn.execute("DELETE FROM web_sessions WHERE expires_at < ?", (now,))
+            conn.execute(
+                "INSERT INTO web_sessions (token_hash, account_id, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?)",
+                (token_hash, account_id, now, expires_at),
+            )
+
+        await self._run(lambda c: transaction(c, lambda: insert(c)))
+
+    async def account_by_web_session(self, token_hash: bytes, *, now: int) -> Account | None:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT a.id, a.email, a.password_hash, a.budget_nano, a.created_at "
+                "FROM web_sessions w JOIN accounts a ON a.id = w.account_id "
+                "WHERE w.token_hash = ? AND w.expires_at > ?",
+                (token_hash, now),
+            ).fetchone()
+        )
+        return None if row is None else _account(row)
+
+    async def delete_web_session(self, token_hash: bytes) -> None:
+        await self._run(
+            lambda c: c.execute("DELETE FROM web_sessions WHERE token_hash = ?", (token_hash,))
+        )
+
+    # -- consent links ----------------------------------------------------------------------
+
+    async def create_consent(
+        self,
+        id_hash: bytes,
+        *,
+        app_id: str,
+        user_id: str,
+        cap_nano: int,
+        origin: str,
+        expires_at: int,
+    ) -> None:
+        now = int(time.time())
+
+        def insert(conn: sqlite3.Connection) -> None:
+            # Links a day past their expiry are of no use, even to explain themselves.
+            conn.execute("DELETE FROM consents WHERE expires_at < ?", (now - 86_400,))
+            conn.execute(
+                "INSERT INTO consents (id_hash, app_id, user_id, cap_nano, origin, "
+                "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (id_hash, app_id, user_id, cap_nano, origin, now, expires_at),
+            )
+
+        await self._run(lambda c: transaction(c, lambda: insert(c)))
+
+    async def consent(self, id_hash: bytes) -> Consent | None:
+        row = await self._run(
+            lambda c: c.execute(
+                f"SELECT {_CONSENT_COLUMNS} FROM consents WHERE id_hash = ?", (id_hash,)  # noqa: S608 (constant columns)
+            ).fetchone()
+        )
+        return None if row is None else Consent(*row)
+
+    async def finish_consent(
+        self, id_hash: bytes, *, approve: bool, account_id: str | None, cap_nano: int, now: int
+    ) -> Consent:
+        def body(conn: sqlite3.Connection) -> Consent:
+            row = conn.execute(
+                f"SELECT {_CONSENT_COLUMNS} FROM consents WHERE id_hash = ?", (id_hash,)  # noqa: S608 (constant columns)
+            ).fetchone()
+            if row is None:
+                raise ConsentGone("unknown")
+            consent = Consent(*row)
+            if consent.used_at is not None:
+                raise ConsentGone("used")
+            if consent.expires_at <= now:
+                raise ConsentGone("expired")
+            outcome = "approved" if approve else "denied"
+            conn.execute(
+                "UPDATE consents SET used_at = ?, outcome = ? WHERE id_hash = ?",
+                (now, outcome, id_hash),
+            )
+            if approve:
+                # A test-mode approval (no account) keeps whatever account the connection
+                # had; a person's approval makes it theirs.
+                conn.execute(
+                    "INSERT INTO connections (app_id, user_id, cap_nano, status, created_at, "
+                    "updated_at, account_id) VALUES (?, ?, ?, 'connected', ?, ?, ?) "
+                    "ON CONFLICT (app_id, user_id) DO UPDATE SET "
+                    "cap_nano = excluded.cap_nano, status = 'connected', "
+                    "updated_at = excluded.updated_at, "
+                    "account_id = COALESCE(excluded.account_id, connections.account_id)",
+                    (consent.app_id, consent.user_id, cap_nano, now, now, account_id),
+                )
+            return Consent(
+                app_id=consent.app_id, user_id=consent.user_id, cap_nano=cap_nano,
+                origin=consent.origin, created_at=consent.created_at,
+                expires_at=consent.expires_at, used_at=now, outcome=outcome,
+            )
+
+        return await self._run(lambda c: transaction(c, lambda: body(c)))
+
+    # -- the dashboard ----------------------------------------------------------------------
+
+    async def account_connections(self, account_id: str, period: str) -> list[AccountConnection]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT c.app_id, a.name, a.mode, c.user_id, c.status, c.cap_nano, "
+                "COALESCE(s.settled_nano, 0), COALESCE(s.held_nano, 0), c.updated_at "
+                "FROM connections c JOIN apps a ON a.id = c.app_id "
+                "LEFT JOIN spend s ON s.app_id = c.app_id AND s.user_id = c.user_id "
+                "AND s.period = ? WHERE c.account_id = ? "
+                "ORDER BY c.status = 'revoked', a.name, c.user_id",
+                (period, account_id),
+            ).fetchall()
+        )
+        return [
+            AccountConnection(
+                app_id=r[0], app_name=r[1], app_mode=r[2], user_id=r[3], status=r[4],
+                cap_nano=r[5], settled_nano=r[6], held_nano=r[7], period=period,
+                updated_at=r[8],
+            )
+            for r in rows
+        ]
+
+    async def set_connection_cap(
+        self, account_id: str, *, app_id: str, user_id: str, cap_nano: int
+    ) -> bool:
+        def update(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE connections SET cap_nano = ?, updated_at = ? "
+                "WHERE app_id = ? AND user_id = ? AND account_id = ?",
+                (cap_nano, int(time.time()), app_id, user_id, account_id),
+            )
+            return cur.rowcount > 0
+
+        return await self._run(update)
+
+    async def account_requests(self, account_id: str, *, limit: int = 20) -> list[RequestSummary]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT app_id, model, prompt_tokens, completion_tokens, cost_nano, status, "
+                "created_at FROM ledger WHERE account_id = ? ORDER BY id DESC LIMIT ?",
+                (account_id, limit),
+            ).fetchall()
+        )
+        return [RequestSummary(*r) for r in rows]
+
+    async def account_daily_spend(
+        self, account_id: str, *, since: int
+    ) -> list[tuple[str, str, int]]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT app_id, strftime('%Y-%m-%d', created_at, 'unixepoch') AS day, "
+                "SUM(cost_nano) FROM ledger WHERE account_id = ? AND created_at >= ? "
+                "GROUP BY app_id, day ORDER BY day",
+                (account_id, since),
+            ).fetchall()
+        )
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
+    # -- secrets ----------------------------------------------------------------------------
+
+    async def secret(self, name: str, *, size: int = 32) -> bytes:
+        fresh = secrets.token_bytes(size)
+
+        def get_or_create(conn: sqlite3.Connection) -> bytes:
+            # INSERT OR IGNORE then SELECT: two processes starting together agree.
+            conn.execute(
+                "INSERT OR IGNORE INTO secrets (name, value, created_at) VALUES (?, ?, ?)",
+                (name, fresh, int(time.time())),
+            )
+            row = conn.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+            return bytes(row[0])
+
+        return await self._run(lambda c: transaction(c, lambda: get_or_create(c)))

@@ -1,0 +1,96 @@
+"""The command line: apps and keys, config errors, and the demo end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from e2e.harness import free_port
+
+from gateway.cli import main
+from gateway.keys import publishable_key_for
+
+
+def config(tmp_path: Path) -> str:
+    file = tmp_path / "w.toml"
+    file.write_text('[store]\npath = "w.db"\n')
+    return str(file)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_apps_create_list_roll(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(tmp_path)
+    code, out, _ = run(capsys, "apps", "create", "shop", "--origin", "https://Shop.example",
+                       "--config", cfg)
+    assert code == 0
+    created = json.loads(out)
+    assert set(created) == {"app_id", "name", "mode", "publishable_key", "secret_key", "origins"}
+    assert created["mode"] == "test"
+    assert created["origins"] == ["https://shop.example"]
+    assert publishable_key_for(created["secret_key"]) == created["publishable_key"]
+
+    code, out, _ = run(capsys, "apps", "create", "bank", "--live", "--config", cfg)
+    assert json.loads(out)["mode"] == "live"
+
+    code, out, _ = run(capsys, "apps", "list", "--config", cfg)
+    listed = json.loads(out)
+    assert [a["name"] for a in listed] == ["shop", "bank"]
+    assert all("secret_key" not in a for a in listed)
+
+    code, out, _ = run(capsys, "apps", "roll-key", "shop", "--config", cfg)
+    rolled = json.loads(out)
+    assert rolled["app_id"] == created["app_id"]
+    assert rolled["secret_key"] != created["secret_key"]
+
+    code, _, err = run(capsys, "apps", "roll-key", "nope", "--config", cfg)
+    assert code == 1
+    assert "nope" in err
+    code, _, err = run(capsys, "apps", "create", "shop", "--config", cfg)
+    assert code == 1
+    assert "already exists" in err
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        pytest.param("shop.example", id="no-scheme"),
+        pytest.param("https://shop.example/path", id="path"),
+        pytest.param("ftp://shop.example", id="scheme"),
+    ],
+)
+def test_origins_are_checked(tmp_path: Path, origin: str) -> None:
+    with pytest.raises(SystemExit):
+        main(["apps", "create", "x", "--origin", origin, "--config", config(tmp_path)])
+
+
+def test_config_error_is_one_line_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[upstream]\nidle_timeout_s = -1\n")
+    code, _, err = run(capsys, "serve", "--config", str(bad))
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "upstream.idle_timeout_s" in err
+
+
+@pytest.mark.e2e
+def test_demo_once_streams_a_reply_and_its_cost(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "demo", "--once",
+         "--port", str(free_port()), "--upstream-port", str(free_port())],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "from gateway.sdk import Wattfare" in done.stdout
+    assert "tok tok" in done.stdout
+    assert "charged: $0.0000" in done.stdout
+    assert "'status': 'connected'" in done.stdout

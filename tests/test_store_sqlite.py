@@ -1,0 +1,306 @@
+"""The SQLite store: keys, connections, and money moving through holds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+
+from gateway.keys import secret_key_hash
+from gateway.store.base import (
+    CapReached,
+    HoldRequest,
+    NoConnection,
+    Revoked,
+    Settlement,
+    StaleCredential,
+    UnknownApp,
+    period_of,
+)
+from gateway.store.sqlite import SQLiteStore
+
+PERIOD = "2026-11"
+
+
+def hold_request(
+    app_id: str,
+    user: str,
+    *,
+    want: int,
+    minimum: int = 1,
+    key_version: int = 1,
+    auto: bool = True,
+    cap: int | None = 1000,
+    period: str = PERIOD,
+) -> HoldRequest:
+    return HoldRequest(
+        request_id="req_" + uuid.uuid4().hex, app_id=app_id, user_id=user,
+        key_version=key_version, period=period, model="m", want_nano=want, min_nano=minimum,
+        auto_connect=auto, requested_cap_nano=cap, default_cap_nano=500,
+    )
+
+
+def settlement(hold_id: str, cost: int, *, status: str = "ok") -> Settlement:
+    return Settlement(
+        hold_id=hold_id, request_id="req_" + uuid.uuid4().hex, model="m", cost_nano=cost,
+        cost_source="upstream", prompt_tokens=1, completion_tokens=2, status=status,
+        http_status=200, error_code=None, ttfb_ms=1.0, duration_ms=2.0, generation_id=None,
+    )
+
+
+def consistent(path: str) -> None:
+    """Ledger and counters agree; no hold left; nothing over its cap."""
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM holds").fetchone()[0] == 0
+        for app_id, user, period, settled, held in db.execute("SELECT * FROM spend"):
+            ledger = db.execute(
+                "SELECT COALESCE(SUM(cost_nano), 0) FROM ledger "
+                "WHERE app_id = ? AND user_id = ? AND period = ?",
+                (app_id, user, period),
+            ).fetchone()[0]
+            cap = db.execute(
+                "SELECT cap_nano FROM connections WHERE app_id = ? AND user_id = ?",
+                (app_id, user),
+            ).fetchone()[0]
+            assert held == 0
+            assert settled == ledger
+            assert settled <= cap
+
+
+async def test_create_list_roll(store: SQLiteStore) -> None:
+    created = await store.create_app(name="shop", mode="test", origins=("http://a.test",))
+    assert created.app.secret_hash == secret_key_hash(created.keys.secret_key)
+    assert [a.name for a in await store.list_apps()] == ["shop"]
+    with pytest.raises(ValueError, match="already exists"):
+        await store.create_app(name="shop", mode="live", origins=())
+    rolled = await store.roll_key("shop")
+    assert rolled.app.key_version == 2
+    assert rolled.keys.secret_key != created.keys.secret_key
+    assert await store.app_by_secret_hash(created.app.secret_hash) is None
+    assert await store.app_by_publishable_key(created.app.publishable_key) is None
+    found = await store.app_by_publishable_key(rolled.app.publishable_key)
+    assert found is not None and found.key_version == 2
+    with pytest.raises(UnknownApp):
+        await store.roll_key("nope")
+
+
+async def test_the_secret_key_is_never_stored(store: SQLiteStore) -> None:
+    created = await store.create_app(name="shop", mode="test", origins=())
+    secret = created.keys.secret_key
+    raw = Path(store.path).read_bytes()
+    wal = Path(store.path + "-wal")
+    if wal.exists():
+        raw += wal.read_bytes()
+    assert secret.encode() not in raw
+    assert secret[8:].encode() not in raw
+
+
+async def test_reserve_settle_and_release(store: SQLiteStore) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+    hold = await store.reserve(hold_request(app.id, "u", want=300, cap=1000))
+    assert hold.amount_nano == 300
+    conn = await store.connection(app.id, "u", PERIOD)
+    assert conn is not None and conn.held_nano == 300 and conn.remaining_nano == 700
+    charge = await store.settle(settlement(hold.id, 120))
+    assert charge is not None and (charge.charged_nano, charge.operator_nano) == (120, 0)
+    assert await store.settle(settlement(hold.id, 120)) is None  # idempotent
+    conn = await store.connection(app.id, "u", PERIOD)
+    assert conn is not None and (conn.settled_nano, conn.held_nano) == (120, 0)
+    consistent(store.path)
+
+
+async def test_hold_never_exceeds_what_remains(store: SQLiteStore) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+    first = await store.reserve(hold_request(app.id, "u", want=900, cap=1000))
+    second = await store.reserve(hold_request(app.id, "u", want=900, cap=1000))
+    assert second.amount_nano == 100
+    with pytest.raises(CapReached):
+        await store.reserve(hold_request(app.id, "u", want=900, cap=1000))
+    # More reported than was held: the user pays up to the cap, the operator the rest.
+    charge = await store.settle(settlement(first.id, 2000))
+    assert charge is not None
+    assert charge.charged_nano == 900 and charge.operator_nano == 1100
+    await store.settle(settlement(second.id, 50))
+    consistent(store.path)
+
+
+async def test_minimum_refuses_up_front(store: SQLiteStore) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+    hold = await store.reserve(hold_request(app.id, "u", want=950, cap=1000))
+    with pytest.raises(CapReached) as info:
+        await store.reserve(hold_request(app.id, "u", want=100, minimum=60, cap=1000))
+    assert info.value.remaining_nano == 50
+    await store.settle(settlement(hold.id, 0))
+    consistent(store.path)
+
+
+async def test_concurrent_reserves_never_overcommit(store: SQLiteStore) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+
+    async def one() -> int:
+        try:
+            hold = await store.reserve(hold_request(app.id, "u", want=70, minimum=70, cap=1000))
+        except CapReached:
+            return 0
+        await asyncio.sleep(0)
+        charge = await store.settle(settlement(hold.id, 70))
+        assert charge is not None
+        return charge.charged_nano
+
+    charged = await asyncio.gather(*(one() for _ in range(100)))
+    assert sum(charged) == 980  # 14 of them fit
+    consistent(store.path)
+
+
+async def test_two_processes_share_the_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.db")
+    a, b = SQLiteStore(path), SQLiteStore(path)
+    await a.open()
+    await b.open()
+    try:
+        app = (await a.create_app(name="a", mode="test", origins=())).app
+
+        async def one(s: SQLiteStore) -> int:
+            try:
+                hold = await s.reserve(hold_request(app.id, "u", want=100, minimum=100))
+            except CapReached:
+                return 0
+            charge = await s.settle(settlement(hold.id, 100))
+            return 0 if charge is None else charge.charged_nano
+
+        results = await asyncio.gather(*(one(a if i % 2 else b) for i in range(40)))
+        assert sum(results) == 1000
+    finally:
+        await a.close()
+        await b.close()
+    consistent(path)
+
+
+async def test_extend_grants_up_to_the_cap_and_sees_revocation(store: SQLiteStore) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+    hold = await store.reserve(hold_request(app.id, "u", want=600, cap=1000))
+    ext = await store.extend(hold.id, add_nano=300, used_nano=500)
+    assert (ext.granted_nano, ext.revoked) == (300, False)
+    ext = await store.extend(hold.id, add_nano=300, used_nano=800)
+    assert ext.granted_nano == 100
+    assert await store.revoke(app.id, "u")
+    ext = await store.extend(hold.id, add_nano=300, used_nano=900)
+    assert (ext.granted_nano, ext.revoked) == (0, True)
+    await store.settle(settlement(hold.id, 900, status="cut_revoked"))
+    with pytest.raises(Revoked):
+        await store.reserve(hold_request(app.id, "u", want=1))
+    seq, revoked = await store.revocations_since(0)
+    assert revoked == [(app.id, "u")] and seq > 0
+    assert await store.revocations_since(seq) == (seq, [])
+    consistent(store.path)
+
+
+async def test_live_mode_needs_a_connection(store: SQLiteStore) -> None:
+    app = (await store.create_app(name="a", mode="live", origins=())).app
+    with pytest.raises(NoConnection):
+        await store.reserve(hold_request(app.id, "u", want=1, auto=False))
+
+
+async def test_a_rolled_key_is_refused_inside_the_hold_transaction(store: SQLiteStore) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+    await store.roll_key(app.id)
+    with pytest.raises(StaleCredential):
+        await store.reserve(hold_request(app.id, "u", want=1, key_version=1))
+    hold = await store.reserve(hold_request(app.id, "u", want=1, key_version=2))
+    await store.settle(settlement(hold.id, 1))
+
+
+async def test_test_mode_reapproves_the_requested_cap(store: SQLiteStore) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+    hold = await store.reserve(hold_request(app.id, "u", want=1, cap=None))
+    conn = await store.connection(app.id, "u", PERIOD)
+    assert conn is not None and conn.cap_nano == 500  # the configured default
+    await store.settle(settlement(hold.id, 1))
+    hold = await store.reserve(hold_request(app.id, "u", want=1, cap=2000))
+    conn = await store.connection(app.id, "u", PERIOD)
+    assert conn is not None and conn.cap_nano == 2000
+    await store.settle(settlement(hold.id, 1))
+
+
+async def test_each_charge_lands_in_the_month_of_its_hold(store: SQLiteStore) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+    january = period_of(1767225599)  # 2025-12-31T23:59:59Z
+    assert january == "2025-12"
+    assert period_of(1767225600) == "2026-01"
+    hold = await store.reserve(hold_request(app.id, "u", want=100, period=january))
+    await store.settle(settlement(hold.id, 100))
+    dec = await store.connection(app.id, "u", "2025-12")
+    jan = await store.connection(app.id, "u", "2026-01")
+    assert dec is not None and dec.settled_nano == 100
+    assert jan is not None and jan.settled_nano == 0 and jan.remaining_nano == 1000
+    consistent(store.path)
+
+
+async def test_holds_of_a_dead_process_are_charged_their_checkpoint(tmp_path: Path) -> None:
+    path = str(tmp_path / "crash.db")
+    dead = SQLiteStore(path)
+    await dead.open()
+    app = (await dead.create_app(name="a", mode="test", origins=())).app
+    hold = await dead.reserve(hold_request(app.id, "u", want=500))
+    await dead.extend(hold.id, add_nano=0, used_nano=123)
+    # Simulate the process vanishing: its instance row points at a pid that is gone.
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE instances SET pid = ? WHERE id = ?", (2**22 + 7, dead.instance_id))
+    await dead.close()  # keeps the instance row: it still has a hold
+
+    alive = SQLiteStore(path)
+    await alive.open()
+    try:
+        assert await alive.reconcile_stale_holds() == 1
+        conn = await alive.connection(app.id, "u", PERIOD)
+        assert conn is not None and (conn.settled_nano, conn.held_nano) == (123, 0)
+        rows = await alive.ledger(app.id, "u")
+        assert [(r.status, r.cost_nano, r.cost_source) for r in rows] == [
+            ("reconciled", 123, "reconciled")
+        ]
+        assert await alive.reconcile_stale_holds() == 0
+    finally:
+        await alive.close()
+    consistent(path)
+
+
+async def test_live_instances_keep_their_holds(tmp_path: Path) -> None:
+    path = str(tmp_path / "two.db")
+    a, b = SQLiteStore(path), SQLiteStore(path)
+    await a.open()
+    await b.open()
+    try:
+        app = (await a.create_app(name="a", mode="test", origins=())).app
+        hold = await a.reserve(hold_request(app.id, "u", want=10))
+        assert os.getpid()  # both instances live in this very process
+        assert await b.reconcile_stale_holds() == 0
+        await a.settle(settlement(hold.id, 10))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "new.db")
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    s = SQLiteStore(path)
+    with pytest.raises(RuntimeError, match="newer than this gateway"):
+        await s.open()
+    await s.close()
+
+
+async def test_free_models_run_with_nothing_left(store: SQLiteStore) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+    spent = await store.reserve(hold_request(app.id, "u", want=1000, cap=1000))
+    await store.settle(settlement(spent.id, 1000))
+    with pytest.raises(CapReached):
+        await store.reserve(hold_request(app.id, "u", want=10, minimum=1))
+    free = await store.reserve(hold_request(app.id, "u", want=0, minimum=0))
+    assert free.amount_nano == 0
+    await store.settle(settlement(free.id, 0))
+    consistent(store.path)
