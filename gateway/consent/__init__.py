@@ -1,0 +1,34 @@
+"""The consent layer: end-user accounts, the hosted consent popup, the dashboard, the
+browser SDK, and the browser-facing security around them.
+
+``app.py`` mounts :func:`consent_routes`, wraps the whole app in :class:`BrowserGuard`
+(CORS for the API), and makes the per-process :class:`ConsentState` in its lifespan with
+:func:`open_consent`.
+"""
+
+from __future__ import annotations
+
+from starlette.routing import Route
+
+from gateway.consent import accounts, assets, connect, dashboard
+from gateway.consent.cors import BrowserGuard
+from gateway.consent.web import ConsentState, open_consent
+
+
+def consent_routes() -> list[Route]:
+    """The routes of the consent layer."""
+    return [
+        Route("/v1/connect", connect.start, methods=["POST"]),
+        Route("/connect/{cid}", connect.page, methods=["GET", "POST"]),
+        Route("/signin", accounts.signin, methods=["GET", "POST"]),
+        Route("/signup", accounts.signup, methods=["GET", "POST"]),
+        Route("/signout", accounts.signout, methods=["POST"]),
+        Route("/dashboard", dashboard.dashboard, methods=["GET"]),
+        Route("/dashboard/cap", dashboard.set_cap, methods=["POST"]),
+        Route("/dashboard/revoke", dashboard.revoke, methods=["POST"]),
+        Route("/sdk/wattfare.js", assets.sdk, methods=["GET"]),
+        Route("/static/wattfare.css", assets.stylesheet, methods=["GET"]),
+    ]
+
+
+__all__ = ["BrowserGuard", "ConsentState", "consent_routes", "open_consent"]

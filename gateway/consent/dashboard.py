@@ -1,0 +1,132 @@
+"""``/dashboard``: a person's budget, their connected apps, what each spent, and the
+controls that matter (change a cap, revoke in one click).
+
+Revoking goes through the store's ``revoke`` (which records an event other processes
+poll, cutting their open streams) and flags this process's streams at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import defaultdict
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.config import NANO_PER_USD
+from gateway.consent.chart import daily_chart
+from gateway.consent.web import form_ok, gateway_of, read_form, redirect, render, session_of
+from gateway.store.base import Account, AccountConnection, period_of
+
+NOTICES = {
+    "revoked": "Revoked. The app can no longer spend from your budget; "
+               "anything it was generating was stopped.",
+    "cap": "Cap updated.",
+}
+MAX_CAP_USD = 1_000_000.0
+CHART_DAYS = 30
+REQUESTS_PER_APP = 5
+
+
+async def _view(
+    request: Request, account: Account, *, status: int = 200, error: str | None = None
+) -> Response:
+    store = gateway_of(request).store
+    now = time.time()
+    period = period_of(now)
+    spend = await store.account_spend(account.id, period)
+    connections = await store.account_connections(account.id, period)
+    recent = await store.account_requests(account.id, limit=200)
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    since = int(now) - CHART_DAYS * 86_400
+    daily: dict[str, dict[str, int]] = defaultdict(dict)
+    for app_id, day, nano in await store.account_daily_spend(account.id, since=since):
+        daily[app_id][day] = daily[app_id].get(day, 0) + nano
+    by_app: dict[str, list[Any]] = defaultdict(list)
+    for row in recent:
+        if len(by_app[row.app_id]) < REQUESTS_PER_APP:
+            by_app[row.app_id].append(row)
+    cards = [
+        {
+            "conn": conn,
+            "requests": by_app.get(conn.app_id, []),
+            "chart": daily_chart(daily.get(conn.app_id, {}), today=today, days=CHART_DAYS),
+        }
+        for conn in connections
+    ]
+    notice = NOTICES.get(request.query_params.get("notice", ""))
+    return await render(
+        request, "dashboard.html", status=status, spend=spend, cards=cards, notice=notice,
+        error=error, period=period,
+        connected=sum(1 for c in connections if c.status == "connected"),
+    )
+
+
+async def dashboard(request: Request) -> Response:
+    """``GET /dashboard``."""
+    account, _ = await session_of(request)
+    if account is None:
+        return redirect("/signin?next=/dashboard")
+    return await _view(request, account)
+
+
+async def _owned(
+    request: Request, account: Account, form: dict[str, str]
+) -> AccountConnection | None:
+    store = gateway_of(request).store
+    for conn in await store.account_connections(account.id, period_of(time.time())):
+        if conn.app_id == form.get("app_id") and conn.user_id == form.get("user_id"):
+            return conn
+    return None
+
+
+async def _guarded(request: Request) -> tuple[Account | None, dict[str, str], Response | None]:
+    account, _ = await session_of(request)
+    if account is None:
+        return None, {}, redirect("/signin?next=/dashboard")
+    form = await read_form(request)
+    if not await form_ok(request, form):
+        return account, form, await _view(
+            request, account, status=403,
+            error="That request did not come from this page, so nothing was changed.",
+        )
+    return account, form, None
+
+
+async def revoke(request: Request) -> Response:
+    """``POST /dashboard/revoke``: revoke one of the account's connections."""
+    account, form, refused = await _guarded(request)
+    if refused is not None:
+        return refused
+    assert account is not None
+    conn = await _owned(request, account, form)
+    if conn is None:
+        return await _view(request, account, status=404, error="No such connected app.")
+    await gateway_of(request).revoke(conn.app_id, conn.user_id)
+    return redirect("/dashboard?notice=revoked")
+
+
+async def set_cap(request: Request) -> Response:
+    """``POST /dashboard/cap``: change the monthly cap of one of the account's apps."""
+    account, form, refused = await _guarded(request)
+    if refused is not None:
+        return refused
+    assert account is not None
+    conn = await _owned(request, account, form)
+    if conn is None:
+        return await _view(request, account, status=404, error="No such connected app.")
+    try:
+        usd = float(form.get("cap", ""))
+    except ValueError:
+        usd = -1.0
+    if not 0.01 <= usd <= MAX_CAP_USD:  # also refuses NaN
+        return await _view(
+            request, account, status=400,
+            error=f"Enter a monthly cap between $0.01 and ${MAX_CAP_USD:,.0f}.",
+        )
+    await gateway_of(request).store.set_connection_cap(
+        account.id, app_id=conn.app_id, user_id=conn.user_id, cap_nano=round(usd * NANO_PER_USD)
+    )
+    return redirect("/dashboard?notice=cap")
