@@ -1,0 +1,274 @@
+"""The paths under test and how each is started: one process each, on loopback.
+
+- ``direct``: the client straight to the simulated upstream.
+- ``floor-<client>``: :mod:`bench.floor_proxy` with one of its HTTP clients.
+- ``gateway`` / ``gateway-w2``: ``wattfare serve`` with one or two workers, auth and
+  metering on.
+- ``litellm``: the LiteLLM proxy (see :mod:`bench.litellm_path`).
+
+A path that cannot be started is kept, marked unavailable with the reason, so the rest of
+the run goes on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import litellm_path
+from bench.floor_proxy import CLIENT_KINDS
+from bench.procs import LOOPBACK, Proc, StartError, free_port, start
+
+MODEL = "openai/gpt-4o-mini"
+UPSTREAM_KEY = "sk-or-bench"
+REPO = Path(__file__).resolve().parent.parent
+
+ALL_PATHS: tuple[str, ...] = (
+    "direct",
+    *(f"floor-{kind}" for kind in CLIENT_KINDS),
+    "gateway",
+    "gateway-w2",
+    "litellm",
+)
+PROXIED = tuple(p for p in ALL_PATHS if p != "direct")
+
+
+@dataclass
+class Endpoint:
+    """One path: where to send requests, with what headers, and the process behind it."""
+
+    name: str
+    url: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    user_header: str | None = None
+    proc: Proc | None = None
+    ready_url: str = ""
+    available: bool = True
+    reason: str = ""
+    version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fail(self, reason: str) -> None:
+        self.available = False
+        self.reason = reason.strip().replace("\n", " | ")[:600]
+        if self.proc is not None:
+            self.proc.stop()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "available": self.available,
+            "reason": self.reason,
+            "version": self.version,
+            "pid": self.proc.pid if self.proc is not None else None,
+        }
+
+
+def wattfare_argv() -> list[str]:
+    """How to run the project's CLI with the interpreter that runs the bench."""
+    script = Path(sys.executable).with_name("wattfare")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())"]
+
+
+def start_upstream(*, work: Path, env: dict[str, str]) -> tuple[Proc, str]:
+    """Start the simulated upstream; return it, ready, and its base URL."""
+    port = free_port()
+    if importlib.util.find_spec("gateway.cli") is not None:
+        argv = [*wattfare_argv(), "fake-upstream", "--host", LOOPBACK, "--port", str(port)]
+    else:
+        # Before the CLI exists, serve the simulated upstream's module directly.
+        argv = [sys.executable, "-c",
+                "import sys; from gateway.fake_upstream.settings import "
+                "FakeUpstreamSettings, serve; "
+                "serve(host=sys.argv[1], port=int(sys.argv[2]), settings=FakeUpstreamSettings())",
+                LOOPBACK, str(port)]
+    proc = start(
+        "upstream",
+        argv,
+        log_dir=work,
+        env=env,
+        cwd=work,
+        port=port,
+    )
+    base = f"http://{LOOPBACK}:{port}/api/v1"
+    proc.wait_http(f"{base}/models", timeout_s=30)
+    return proc, base
+
+
+def start_floor(kind: str, *, upstream_base: str, work: Path, env: dict[str, str]) -> Endpoint:
+    port = free_port()
+    name = f"floor-{kind}"
+    proc = start(
+        name,
+        [sys.executable, "-m", "bench.floor_proxy", "--upstream", upstream_base,
+         "--port", str(port), "--client", kind],
+        log_dir=work,
+        env=env,
+        cwd=REPO,
+        port=port,
+    )
+    base = f"http://{LOOPBACK}:{port}"
+    return Endpoint(
+        name=name, url=f"{base}/v1/chat/completions", proc=proc, ready_url=f"{base}/",
+    )
+
+
+def gateway_available() -> str:
+    """Empty when the gateway can be served, else why not."""
+    for module in ("gateway.app", "gateway.cli"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            return f"the gateway is not there yet: no module {module}"
+    return ""
+
+
+def _gateway_config(
+    *, port: int, upstream_base: str, db: Path, metering: Mapping[str, float] | None = None
+) -> str:
+    extra = [f"{key} = {value}" for key, value in (metering or {}).items()]
+    return "\n".join([
+        "[server]",
+        f'host = "{LOOPBACK}"',
+        f"port = {port}",
+        f'public_url = "http://{LOOPBACK}:{port}"',
+        "access_log = false",
+        "",
+        "[upstream]",
+        f'base_url = "{upstream_base}"',
+        'api_key_env = "OPENROUTER_API_KEY"',
+        "connect_timeout_s = 5",
+        "first_byte_timeout_s = 60",
+        "idle_timeout_s = 60",
+        'transport = "aiohttp"',
+        "",
+        "[store]",
+        'backend = "sqlite"',
+        f'path = "{db}"',
+        "",
+        "[metering]",
+        "default_monthly_usd = 1000000",
+        *extra,
+        "",
+    ])
+
+
+def start_gateway(
+    name: str,
+    *,
+    workers: int,
+    upstream_base: str,
+    work: Path,
+    env: dict[str, str],
+    metering: Mapping[str, float] | None = None,
+) -> Endpoint:
+    """Write a config, create a test-mode app, and start ``wattfare serve``."""
+    endpoint = Endpoint(name=name)
+    missing = gateway_available()
+    if missing:
+        endpoint.fail(missing)
+        return endpoint
+    port = free_port()
+    db = work / f"{name}.db"
+    config = work / f"{name}.toml"
+    config.write_text(
+        _gateway_config(port=port, upstream_base=upstream_base, db=db, metering=metering)
+    )
+    try:
+        created = subprocess.run(
+            [*wattfare_argv(), "apps", "create", "bench", "--config", str(config)],
+            capture_output=True, text=True, timeout=60, check=True, env=env, cwd=work,
+        )
+        app = json.loads(created.stdout)
+        secret = str(app["secret_key"])
+    except (subprocess.SubprocessError, OSError, ValueError, KeyError) as exc:
+        detail = getattr(exc, "stderr", "") or ""
+        endpoint.fail(f"wattfare apps create failed: {exc} {detail}")
+        return endpoint
+    argv = [*wattfare_argv(), "serve", "--config", str(config)]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    endpoint.proc = start(name, argv, log_dir=work, env=env, cwd=work, port=port)
+    base = f"http://{LOOPBACK}:{port}"
+    endpoint.url = f"{base}/v1/chat/completions"
+    endpoint.ready_url = f"{base}/healthz"
+    endpoint.headers = {"Authorization": f"Bearer {secret}"}
+    endpoint.user_header = "Wattfare-User"
+    endpoint.extra = {"db": str(db), "config": str(config), "secret_key": secret,
+                      "app_id": app.get("app_id"), "base": base, "workers": workers}
+    return endpoint
+
+
+def start_litellm(
+    *, upstream_base: str, work: Path, env: dict[str, str], install: bool
+) -> Endpoint:
+    endpoint = Endpoint(name="litellm")
+    try:
+        if install:
+            endpoint.version = litellm_path.ensure_installed(log=work / "litellm-install.log")
+        else:
+            endpoint.version = litellm_path.installed_version() or ""
+            if not endpoint.version:
+                endpoint.fail("not installed (python -m bench setup installs it)")
+                return endpoint
+    except RuntimeError as exc:
+        endpoint.fail(str(exc))
+        return endpoint
+    proc, base = litellm_path.start_litellm(
+        model=MODEL, upstream_base=upstream_base, work=work, env=env
+    )
+    endpoint.proc = proc
+    endpoint.url = f"{base}/v1/chat/completions"
+    endpoint.ready_url = f"{base}/health/liveliness"
+    endpoint.headers = {"Authorization": f"Bearer {litellm_path.MASTER_KEY}"}
+    return endpoint
+
+
+def start_paths(
+    names: list[str], *, upstream_base: str, work: Path, env: dict[str, str], install: bool
+) -> dict[str, Endpoint]:
+    """Start every named path (processes first, then wait for all of them)."""
+    endpoints: dict[str, Endpoint] = {}
+    for name in names:
+        if name == "direct":
+            endpoints[name] = Endpoint(
+                name=name, url=f"{upstream_base}/chat/completions",
+                headers={"Authorization": f"Bearer {UPSTREAM_KEY}"},
+            )
+        elif name.startswith("floor-"):
+            kind = name.removeprefix("floor-")
+            endpoints[name] = start_floor(kind, upstream_base=upstream_base, work=work, env=env)
+        elif name in ("gateway", "gateway-w2"):
+            workers = 2 if name == "gateway-w2" else 1
+            endpoints[name] = start_gateway(
+                name, workers=workers, upstream_base=upstream_base, work=work, env=env
+            )
+        elif name == "litellm":
+            endpoints[name] = start_litellm(
+                upstream_base=upstream_base, work=work, env=env, install=install
+            )
+        else:
+            raise ValueError(f"unknown path {name!r}; known: {', '.join(ALL_PATHS)}")
+    for endpoint in endpoints.values():
+        if endpoint.available and endpoint.proc is not None:
+            timeout = 120.0 if endpoint.name == "litellm" else 60.0
+            try:
+                endpoint.proc.wait_http(endpoint.ready_url, timeout_s=timeout)
+            except StartError as exc:
+                endpoint.fail(str(exc))
+    return endpoints
+
+
+def stop_all(procs: list[Proc]) -> None:
+    for proc in procs:
+        proc.stop()
+
