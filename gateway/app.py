@@ -32,7 +32,7 @@ from gateway.observability import AccessLogMiddleware, Metrics, configure_loggin
 from gateway.proxy import ChatCompletions
 from gateway.state import GatewayState
 from gateway.store import make_store
-from gateway.upstream import Upstream, make_client
+from gateway.upstream import Upstream
 
 log = logging.getLogger("wattfare")
 
@@ -130,7 +130,7 @@ class Gateway:
         if reconciled:
             log.warning("settled %d hold(s) left by a lost process", reconciled)
             self.metrics.reconciled.inc(reconciled)
-        upstream = Upstream(settings.upstream, make_client(settings.upstream))
+        upstream = Upstream(settings.upstream)
         state = GatewayState(
             settings=settings,
             store=store,

@@ -1,0 +1,122 @@
+"""CPU time per request, per path: what each proxy costs, whatever else the machine does.
+
+    python -m bench.cpu --paths floor-aiohttp,gateway --concurrency 32 --seconds 8
+
+Throughput on a shared machine moves with its neighbours; the CPU a proxy process burns
+per request moves much less, and it is what bounds one core's throughput. For each path
+(one at a time, interleaved over rounds) this drives a constant-concurrency load of
+20-chunk streams and divides the process's CPU time (user + system, its children
+included) by the requests it completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from bench.paths import ALL_PATHS, REPO, UPSTREAM_KEY, Endpoint, start_paths, start_upstream
+from bench.procs import LineChannel
+from bench.scenarios import Scenario
+
+BENCH = Path(__file__).resolve().parent
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live children."""
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def measure(
+    channel: LineChannel, endpoint: Endpoint, scenario: Scenario
+) -> tuple[float, float, int]:
+    """(CPU µs per request, req/s, errors) for one load run against one path."""
+    assert endpoint.proc is not None
+    spec = {"url": endpoint.url, "headers": endpoint.headers,
+            "user_header": endpoint.user_header, "user_prefix": "cpu-", "user_pool": 1024,
+            **scenario.spec()}
+    before = cpu_seconds(endpoint.proc.pid)
+    answer = channel.call({"op": "run", **spec}, timeout_s=scenario.duration_s + 120)
+    after = cpu_seconds(endpoint.proc.pid)
+    result = answer.get("result", {})
+    done = max(1, int(result.get("ok", 0)))
+    rps = float(result.get("rps", 0.0))
+    errors = int(sum((result.get("errors") or {}).values()))
+    return (after - before) * 1e6 / done, rps, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--paths", default="floor-aiohttp,gateway")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--chunks", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.paths.split(",") if n.strip()]
+    for name in names:
+        if name not in ALL_PATHS or name == "direct":
+            raise SystemExit(f"unknown or unmeasurable path {name!r}")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    work = BENCH / ".work" / f"cpu-{stamp}"
+    work.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "WATTFARE_CONFIG"}
+    env["OPENROUTER_API_KEY"] = UPSTREAM_KEY
+    upstream, base = start_upstream(work=work, env=env)
+    endpoints = start_paths(names, upstream_base=base, work=work, env=env, install=False)
+    loadgen = subprocess.Popen([sys.executable, "-m", "bench.loadgen"], cwd=REPO, env=env,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    samples: dict[str, list[tuple[float, float, int]]] = {n: [] for n in names}
+    try:
+        channel = LineChannel(loadgen)
+        scenario = Scenario("cpu", "cpu", chunks=args.chunks, concurrency=args.concurrency,
+                            duration_s=args.seconds)
+        warm = Scenario("warm", "warm", chunks=args.chunks, concurrency=args.concurrency,
+                        duration_s=2.0)
+        for name in names:
+            endpoint = endpoints[name]
+            if not endpoint.available:
+                raise SystemExit(f"{name} unavailable: {endpoint.reason}")
+            measure(channel, endpoint, warm)
+        for _ in range(args.rounds):
+            for name in names:
+                samples[name].append(measure(channel, endpoints[name], scenario))
+        print(f"C={args.concurrency}, {args.chunks}-chunk streams, {args.rounds} rounds "
+              f"of {args.seconds:g} s")
+        for name in names:
+            cpu = statistics.median(s[0] for s in samples[name])
+            rps = statistics.median(s[1] for s in samples[name])
+            errors = sum(s[2] for s in samples[name])
+            print(f"  {name:22s} {cpu:7.0f} µs CPU/request   {rps:7.0f} req/s   "
+                  f"errors {errors}")
+        return 0
+    finally:
+        try:
+            LineChannel(loadgen).send({"op": "quit"})
+            loadgen.wait(timeout=30)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            loadgen.kill()
+            loadgen.wait(timeout=10)
+        for endpoint in endpoints.values():
+            if endpoint.proc is not None:
+                endpoint.proc.stop()
+        upstream.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
