@@ -41,10 +41,12 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def measure(
-    channel: LineChannel, endpoint: Endpoint, scenario: Scenario
-) -> tuple[float, float, int]:
-    """(CPU µs per request, req/s, errors) for one load run against one path."""
+Sample = tuple[float, float, int, float, float]
+
+
+def measure(channel: LineChannel, endpoint: Endpoint, scenario: Scenario) -> Sample:
+    """(CPU µs per request, req/s, errors, TTFB p99 ms, gap p99 ms) for one load run
+    against one path."""
     assert endpoint.proc is not None
     spec = {"url": endpoint.url, "headers": endpoint.headers,
             "user_header": endpoint.user_header, "user_prefix": "cpu-", "user_pool": 1024,
@@ -56,7 +58,9 @@ def measure(
     done = max(1, int(result.get("ok", 0)))
     rps = float(result.get("rps", 0.0))
     errors = int(sum((result.get("errors") or {}).values()))
-    return (after - before) * 1e6 / done, rps, errors
+    ttfb = float(result.get("ttfb_ms", {}).get("p99", float("nan")))
+    gap = float(result.get("gap_ms", {}).get("p99", float("nan")))
+    return (after - before) * 1e6 / done, rps, errors, ttfb, gap
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paths", default="floor-aiohttp,gateway")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--chunks", type=int, default=20)
+    parser.add_argument("--gap-ms", type=float, default=0.0, help="pace the chunks")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
@@ -81,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     endpoints = start_paths(names, upstream_base=base, work=work, env=env, install=False)
     loadgen = subprocess.Popen([sys.executable, "-m", "bench.loadgen"], cwd=REPO, env=env,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    samples: dict[str, list[tuple[float, float, int]]] = {n: [] for n in names}
+    samples: dict[str, list[Sample]] = {n: [] for n in names}
     try:
         channel = LineChannel(loadgen)
         scenario = Scenario("cpu", "cpu", chunks=args.chunks, concurrency=args.concurrency,
-                            duration_s=args.seconds)
+                            gap_ms=args.gap_ms, duration_s=args.seconds)
         warm = Scenario("warm", "warm", chunks=args.chunks, concurrency=args.concurrency,
-                        duration_s=2.0)
+                        gap_ms=args.gap_ms, duration_s=2.0)
         for name in names:
             endpoint = endpoints[name]
             if not endpoint.available:
@@ -96,14 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for name in names:
                 samples[name].append(measure(channel, endpoints[name], scenario))
-        print(f"C={args.concurrency}, {args.chunks}-chunk streams, {args.rounds} rounds "
-              f"of {args.seconds:g} s")
+        print(f"C={args.concurrency}, {args.chunks}-chunk streams, {args.gap_ms:g} ms apart, "
+              f"{args.rounds} rounds of {args.seconds:g} s (medians over rounds)")
         for name in names:
             cpu = statistics.median(s[0] for s in samples[name])
             rps = statistics.median(s[1] for s in samples[name])
             errors = sum(s[2] for s in samples[name])
-            print(f"  {name:22s} {cpu:7.0f} µs CPU/request   {rps:7.0f} req/s   "
-                  f"errors {errors}")
+            ttfb = statistics.median(s[3] for s in samples[name])
+            gap = statistics.median(s[4] for s in samples[name])
+            print(f"  {name:22s} {cpu:6.0f} µs CPU/request  {rps:6.0f} req/s  "
+                  f"TTFB p99 {ttfb:6.2f} ms  gap p99 {gap:6.2f} ms  errors {errors}")
         return 0
     finally:
         try:

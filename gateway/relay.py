@@ -33,7 +33,7 @@ from gateway.errors import (
 from gateway.http import DisconnectWatch
 from gateway.live import StreamFlag
 from gateway.metering import Price, nano_to_usd, usage_cost_nano
-from gateway.sse import DONE, token_bound
+from gateway.sse import DONE, first_rare, token_bound, well_formed
 from gateway.state import GatewayState
 from gateway.store.base import Hold, Store
 from gateway.upstream import (
@@ -422,8 +422,31 @@ class _Meter:
         return (self.hold_nano - self.prompt_nano) * 1000 // self.completion_pico
 
     async def scan(self, buf: bytes, end: int, *, flag: StreamFlag, result: StreamResult) -> int:
-        """Meter the events in ``buf[:end]``; the offset up to which they may be forwarded."""
+        """Meter the events in ``buf[:end]``; the offset up to which they may be forwarded.
+
+        The run of events before the first rare one (usage, error, ``[DONE]``) is metered
+        as a whole when the hold covers all of it and it is well formed: one bound, one
+        compare. Otherwise, and for the rest, event by event, so a cut lands exactly
+        between the last covered event and the first uncovered one. (Nothing can revoke
+        the stream while this runs without awaiting, so one flag check covers the run.)
+        """
+        if flag.revoked:
+            self.stop = _End("cut_revoked", _revoked())
+            return 0
         pos = 0
+        run_end = first_rare(buf, end)
+        if run_end:
+            tokens = token_bound(buf, 0, run_end)
+            if (
+                self.saw_usage or self.completion_tokens + tokens <= self.covered
+            ) and well_formed(buf, 0, run_end):
+                self.completion_tokens += tokens
+                pos = run_end
+        return await self._scan_events(buf, pos, end, flag=flag, result=result)
+
+    async def _scan_events(
+        self, buf: bytes, pos: int, end: int, *, flag: StreamFlag, result: StreamResult
+    ) -> int:
         while pos < end:
             nxt = buf.find(b"\n\n", pos, end)
             if flag.revoked:

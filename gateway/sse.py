@@ -19,9 +19,15 @@ DONE: Final = b"[DONE]"
 _TOKEN_KEYS: Final = (b'"content":"', b'"reasoning":"', b'"arguments":"', b'"refusal":"')
 
 
-def _string_end(buf: bytes, start: int) -> int:
-    """Index of the closing quote of a JSON string whose body starts at ``start``."""
-    end = buf.find(b'"', start)
+# What the relay must read itself when it occurs in an event (found with ``bytes.find``;
+# inside a JSON string a quote is escaped, so ``"usage"`` there is never a false hit).
+RARE: Final = (b'"usage"', b'"error"', b"data: " + DONE)
+
+
+def _string_end(buf: bytes, start: int, stop: int) -> int:
+    """Index of the closing quote of a JSON string whose body starts at ``start``
+    (``stop`` when it does not close before ``stop``)."""
+    end = buf.find(b'"', start, stop)
     while end != -1:
         backslashes = 0
         i = end - 1
@@ -30,24 +36,54 @@ def _string_end(buf: bytes, start: int) -> int:
             i -= 1
         if backslashes % 2 == 0:
             return end
-        end = buf.find(b'"', end + 1)
-    return len(buf)
+        end = buf.find(b'"', end + 1, stop)
+    return stop
 
 
-def token_bound(payload: bytes) -> int:
-    """An upper bound on the tokens one chunk carries: the bytes of its text fields.
+def token_bound(buf: bytes, start: int = 0, stop: int | None = None) -> int:
+    """An upper bound on the tokens the chunks in ``buf[start:stop]`` carry: the bytes of
+    their text fields.
 
     Byte-level BPE tokens each decode to at least one byte, so the byte length of the
     generated text (escapes counted as written, which only over-counts) bounds the
     token count from above. Hidden reasoning tokens are the exception; the upstream's
-    usage chunk reports them and settlement charges them.
+    usage chunk reports them and settlement charges them. Over a run of whole events the
+    bound is the sum of theirs: a raw key cannot straddle two well-formed events.
     """
+    if stop is None:
+        stop = len(buf)
     total = 0
     for key in _TOKEN_KEYS:
-        pos = payload.find(key)
+        pos = buf.find(key, start, stop)
         while pos != -1:
             begin = pos + len(key)
-            end = _string_end(payload, begin)
+            end = _string_end(buf, begin, stop)
             total += end - begin
-            pos = payload.find(key, end)
+            pos = buf.find(key, end, stop)
     return total
+
+
+def first_rare(buf: bytes, stop: int) -> int:
+    """Where the first event holding one of :data:`RARE` starts in ``buf[:stop]`` (a run of
+    whole events); ``stop`` if none does."""
+    first = stop
+    for marker in RARE:
+        at = buf.find(marker, 0, first)
+        if at != -1:
+            first = at
+    if first == stop:
+        return stop
+    before = buf.rfind(b"\n\n", 0, first)
+    return 0 if before == -1 else before + 2
+
+
+def well_formed(buf: bytes, pos: int, stop: int) -> bool:
+    """Whether every ``data:`` event in ``buf[pos:stop]`` (whole events) carries a JSON
+    object, as far as its first and last bytes tell."""
+    find, startswith = buf.find, buf.startswith
+    while pos < stop:
+        nxt = find(b"\n\n", pos, stop)
+        if startswith(b"data: ", pos) and (buf[pos + 6] != 0x7B or buf[nxt - 1] != 0x7D):
+            return False
+        pos = nxt + 2
+    return True

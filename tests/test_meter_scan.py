@@ -1,0 +1,143 @@
+"""The relay's meter: metering a run of events at once must never forward more, nor
+count differently, than metering them one by one."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.live import StreamFlag
+from gateway.metering import Price
+from gateway.relay import StreamResult, _Meter
+from gateway.sse import first_rare, token_bound, well_formed
+from gateway.store.base import Extension, Hold
+
+PRICE = Price(prompt=1_000, completion=2_000)  # pico-USD per token
+
+
+class FixedStore:
+    """A store that grants nothing more (or revokes) when asked to extend."""
+
+    def __init__(self, *, grant: int = 0, revoked: bool = False) -> None:
+        self.grant, self.revoked, self.calls = grant, revoked, 0
+
+    async def extend(self, hold_id: str, *, add_nano: int, used_nano: int) -> Extension:
+        self.calls += 1
+        return Extension(granted_nano=self.grant if add_nano else 0, revoked=self.revoked)
+
+
+def meter(hold_nano: int, store: FixedStore) -> _Meter:
+    return _Meter(price=PRICE, prompt_tokens=10, hold=Hold("hold_1", hold_nano, "2026-11"),
+                  store=store, extend_tokens=16)  # type: ignore[arg-type]
+
+
+def content(text: str) -> bytes:
+    doc = {"id": "gen-1", "choices": [{"index": 0, "delta": {"content": text}}]}
+    return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+USAGE = (b'data: {"id":"gen-1","choices":[],"usage":{"prompt_tokens":10,'
+         b'"completion_tokens":3,"cost":0.00001}}\n\n')
+COMMENT = b": OPENROUTER PROCESSING\n\n"
+DONE = b"data: [DONE]\n\n"
+MALFORMED = b"data: {not json\n\n"
+
+
+def test_token_bound_over_a_run_is_the_sum_over_its_events() -> None:
+    events = [content("tok "), COMMENT, content('say "hi"'), content("é" * 5)]
+    run = b"".join(events)
+    assert token_bound(run) == sum(token_bound(e) for e in events)
+    assert token_bound(run, len(events[0]), len(run)) == sum(token_bound(e) for e in events[1:])
+
+
+@pytest.mark.parametrize(
+    ("events", "rare_index"),
+    [
+        ([content("a"), content("b")], None),
+        ([content("a"), USAGE, DONE], 1),
+        ([USAGE, DONE], 0),
+        ([content("a"), COMMENT, DONE], 2),
+        ([DONE], 0),
+        ([content("a"), b'data: {"error":{"code":502,"message":"x"}}\n\n'], 1),
+        ([content('the word \\"usage\\" in text')], None),
+    ],
+)
+def test_first_rare_finds_the_start_of_the_first_rare_event(
+    events: list[bytes], rare_index: int | None
+) -> None:
+    buf = b"".join(events)
+    expected = len(buf) if rare_index is None else len(b"".join(events[:rare_index]))
+    assert first_rare(buf, len(buf)) == expected
+
+
+@pytest.mark.parametrize(
+    ("events", "ok"),
+    [
+        ([content("a"), COMMENT, content("b")], True),
+        ([content("a"), MALFORMED], False),
+        ([b"data: \n\n"], False),
+        ([b"data: [1]\n\n"], False),
+        ([COMMENT, b"event: x\n\n"], True),
+    ],
+)
+def test_well_formed(events: list[bytes], ok: bool) -> None:
+    buf = b"".join(events)
+    assert well_formed(buf, 0, len(buf)) is ok
+
+
+def _random_stream(rng: random.Random) -> list[bytes]:
+    events: list[bytes] = []
+    for _ in range(rng.randint(0, 30)):
+        roll = rng.random()
+        if roll < 0.1:
+            events.append(COMMENT)
+        elif roll < 0.13:
+            events.append(MALFORMED)
+        else:
+            events.append(content("x" * rng.randint(0, 12)))
+    if rng.random() < 0.5:
+        events += [USAGE, DONE]
+    elif rng.random() < 0.5:
+        events.append(DONE)
+    return events
+
+
+async def _outcome(
+    buf: bytes, *, hold_nano: int, grant: int, revoked: bool, fast: bool
+) -> tuple[Any, ...]:
+    store = FixedStore(grant=grant, revoked=revoked)
+    m = meter(hold_nano, store)
+    result = StreamResult(model="m")
+    flag = StreamFlag()
+    if fast:
+        forward_to = await m.scan(buf, len(buf), flag=flag, result=result)
+    else:
+        forward_to = await m._scan_events(buf, 0, len(buf), flag=flag, result=result)
+    stop = None if m.stop is None else m.stop.status
+    return (forward_to, m.completion_tokens, m.done, m.done_at, m.saw_usage, stop,
+            m.hold_nano, result.cost_nano)
+
+
+async def test_run_metering_matches_event_by_event_metering() -> None:
+    rng = random.Random(20261123)
+    for _ in range(3000):
+        buf = b"".join(_random_stream(rng))
+        hold_nano = rng.choice([10, 50, 100, 200, 400, 10_000])
+        grant = rng.choice([0, 0, 40])
+        revoked = rng.random() < 0.1
+        fast = await _outcome(buf, hold_nano=hold_nano, grant=grant, revoked=revoked, fast=True)
+        slow = await _outcome(buf, hold_nano=hold_nano, grant=grant, revoked=revoked, fast=False)
+        assert fast == slow, buf
+
+
+async def test_a_revoked_flag_stops_before_the_first_event() -> None:
+    buf = content("a") + content("b")
+    m = meter(10_000, FixedStore())
+    flag = StreamFlag()
+    flag.revoked = True
+    assert await m.scan(buf, len(buf), flag=flag, result=StreamResult(model="m")) == 0
+    assert m.stop is not None
+    assert m.stop.status == "cut_revoked"
