@@ -44,6 +44,18 @@ def cpu_seconds(pid: int) -> float:
 Sample = tuple[float, float, int, float, float]
 
 
+def thread_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds per thread of one process, keyed by thread name and id."""
+    out: dict[str, float] = {}
+    for thread in psutil.Process(pid).threads():
+        try:
+            name = Path(f"/proc/{pid}/task/{thread.id}/comm").read_text().strip()
+        except OSError:
+            name = "?"
+        out[f"{name}/{thread.id}"] = thread.user_time + thread.system_time
+    return out
+
+
 def measure(channel: LineChannel, endpoint: Endpoint, scenario: Scenario) -> Sample:
     """(CPU µs per request, req/s, errors, TTFB p99 ms, gap p99 ms) for one load run
     against one path."""
@@ -52,8 +64,14 @@ def measure(channel: LineChannel, endpoint: Endpoint, scenario: Scenario) -> Sam
             "user_header": endpoint.user_header, "user_prefix": "cpu-", "user_pool": 1024,
             **scenario.spec()}
     before = cpu_seconds(endpoint.proc.pid)
+    threads_before = thread_seconds(endpoint.proc.pid)
     answer = channel.call({"op": "run", **spec}, timeout_s=scenario.duration_s + 120)
     after = cpu_seconds(endpoint.proc.pid)
+    threads_after = thread_seconds(endpoint.proc.pid)
+    spent = {k: v - threads_before.get(k, 0.0) for k, v in threads_after.items()}
+    total = sum(spent.values()) or 1.0
+    busy = sorted(spent.items(), key=lambda kv: -kv[1])[:3]
+    endpoint.extra["threads"] = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in busy)
     result = answer.get("result", {})
     done = max(1, int(result.get("ok", 0)))
     rps = float(result.get("rps", 0.0))
@@ -111,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             gap = statistics.median(s[4] for s in samples[name])
             print(f"  {name:22s} {cpu:6.0f} µs CPU/request  {rps:6.0f} req/s  "
                   f"TTFB p99 {ttfb:6.2f} ms  gap p99 {gap:6.2f} ms  errors {errors}")
+            print(f"  {'':22s} busiest threads (last round): {endpoints[name].extra['threads']}")
         return 0
     finally:
         try:

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                         choices=[p for p in ALL_PATHS if p != "direct"])
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--chunks", type=int, default=20)
+    parser.add_argument("--gap-ms", type=float, default=0.0, help="pace the chunks")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--out", default=str(BENCH / ".work" / "profile"))
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if not endpoint.available or endpoint.proc is None:
             raise SystemExit(f"{args.path} unavailable: {endpoint.reason}")
         channel = LineChannel(loadgen)
-        scenario = Scenario("profile", "profile", chunks=args.chunks,
+        scenario = Scenario("profile", "profile", chunks=args.chunks, gap_ms=args.gap_ms,
                             concurrency=args.concurrency, duration_s=args.seconds + 2)
         spec = {"url": endpoint.url, "headers": endpoint.headers,
                 "user_header": endpoint.user_header, "user_prefix": "prof-", "user_pool": 1024,

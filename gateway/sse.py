@@ -80,6 +80,14 @@ def first_rare(buf: bytes, stop: int) -> int:
 def well_formed(buf: bytes, pos: int, stop: int) -> bool:
     """Whether every ``data:`` event in ``buf[pos:stop]`` (whole events) carries a JSON
     object, as far as its first and last bytes tell."""
+    # The common run, data events only: every boundary between two events reads
+    # ``}\n\ndata: {``. Two counts in C decide it; anything else goes event by event.
+    if (
+        buf.startswith(b"data: {", pos)
+        and buf[stop - 3] == 0x7D
+        and buf.count(b"}\n\ndata: {", pos, stop) == buf.count(b"\n\n", pos, stop) - 1
+    ):
+        return True
     find, startswith = buf.find, buf.startswith
     while pos < stop:
         nxt = find(b"\n\n", pos, stop)
