@@ -23,7 +23,7 @@ import psutil
 
 from bench.paths import ALL_PATHS, REPO, UPSTREAM_KEY, Endpoint, start_paths, start_upstream
 from bench.procs import LineChannel
-from bench.scenarios import Scenario
+from bench.scenarios import HOLD_BODY, Scenario
 
 BENCH = Path(__file__).resolve().parent
 
@@ -81,6 +81,22 @@ def measure(channel: LineChannel, endpoint: Endpoint, scenario: Scenario) -> Sam
     return (after - before) * 1e6 / done, rps, errors, ttfb, gap
 
 
+def hold_memory(channel: LineChannel, endpoint: Endpoint, streams: int) -> tuple[float, float]:
+    """(RSS MB before, KB per open stream) with ``streams`` slow streams held open."""
+    assert endpoint.proc is not None
+    before = endpoint.proc.rss_bytes() / 1e6
+    channel.send({"op": "hold", "url": endpoint.url, "headers": endpoint.headers,
+                  "user_header": endpoint.user_header, "user_prefix": "hold-",
+                  "user_pool": 1024, "body": HOLD_BODY, "steps": [streams],
+                  "ready_timeout_s": 15})
+    level = channel.receive(timeout_s=60)
+    during = endpoint.proc.rss_bytes() / 1e6
+    channel.send({"op": "release"})
+    channel.receive(timeout_s=60)
+    opened = int(level.get("open", 0))
+    return before, (during - before) * 1000 / max(1, opened)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-ms", type=float, default=0.0, help="pace the chunks")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--hold", type=int, default=0,
+                        help="first, hold this many slow streams open and report memory")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.paths.split(",") if n.strip()]
     for name in names:
@@ -116,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             if not endpoint.available:
                 raise SystemExit(f"{name} unavailable: {endpoint.reason}")
             measure(channel, endpoint, warm)
+            if args.hold:
+                rest, per_stream = hold_memory(channel, endpoint, args.hold)
+                print(f"  {name:22s} RSS {rest:6.1f} MB after warm-up; "
+                      f"{per_stream:5.1f} KB per open stream ({args.hold} held)")
         for _ in range(args.rounds):
             for name in names:
                 samples[name].append(measure(channel, endpoints[name], scenario))

@@ -215,6 +215,12 @@ class ChatCompletions:
                 body["max_tokens"] = max(1, covered)
                 body.pop("max_completion_tokens", None)
 
+        # Exactly sized: orjson's bytes keep a 4 KB buffer, held for the whole stream.
+        payload = bytes(memoryview(orjson.dumps(body)))
+        # Neither the caller's bytes nor their parsed form are needed from here on; a
+        # stream can last minutes, so its frame does not keep them.
+        del raw, body
+        req.body = {}
         started = time.perf_counter()
 
         async def settle(result: StreamResult) -> int:
@@ -224,10 +230,10 @@ class ChatCompletions:
             if req.stream:
                 result = await self.relay.run(scope, receive, send, StreamJob(
                     principal=principal, hold=hold, price=price, prompt_tokens=prompt_tokens,
-                    model=req.model, body=orjson.dumps(body), settle=settle,
+                    model=req.model, body=payload, settle=settle,
                 ))
             else:
-                result = await self._complete(receive, send, body=orjson.dumps(body),
+                result = await self._complete(receive, send, body=payload,
                                               price=price, prompt_tokens=prompt_tokens,
                                               model=req.model)
         except GatewayError as exc:

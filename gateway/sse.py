@@ -80,6 +80,14 @@ def first_rare(buf: bytes, stop: int) -> int:
 def well_formed(buf: bytes, pos: int, stop: int) -> bool:
     """Whether every ``data:`` event in ``buf[pos:stop]`` (whole events) carries a JSON
     object, as far as its first and last bytes tell."""
+    # Comments (``: OPENROUTER PROCESSING``) come before the first token: step over them.
+    while pos < stop and buf.startswith(b":", pos):
+        nxt = buf.find(b"\n\n", pos, stop)
+        if nxt == -1:
+            return True  # not a whole event: nothing here is a data event
+        pos = nxt + 2
+    if pos >= stop:
+        return True
     # The common run, data events only: every boundary between two events reads
     # ``}\n\ndata: {``. Two counts in C decide it; anything else goes event by event.
     if (
