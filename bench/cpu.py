@@ -21,7 +21,15 @@ from pathlib import Path
 
 import psutil
 
-from bench.paths import ALL_PATHS, REPO, UPSTREAM_KEY, Endpoint, start_paths, start_upstream
+from bench.paths import (
+    ALL_PATHS,
+    REPO,
+    UPSTREAM_KEY,
+    Endpoint,
+    start_gateway,
+    start_paths,
+    start_upstream,
+)
 from bench.procs import LineChannel
 from bench.scenarios import HOLD_BODY, Scenario
 
@@ -97,6 +105,18 @@ def hold_memory(channel: LineChannel, endpoint: Endpoint, streams: int) -> tuple
     return before, (during - before) * 1000 / max(1, opened)
 
 
+def baseline_tree(ref: str, work: Path) -> Path:
+    """The ``gateway`` package as of git ``ref``, unpacked under ``work``."""
+    sha = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    tree = work / f"baseline-{sha}"
+    tree.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", sha, "gateway"], cwd=REPO, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-ms", type=float, default=0.0, help="pace the chunks")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help="also run the gateway as of this commit, side by side")
     parser.add_argument("--hold", type=int, default=0,
                         help="first, hold this many slow streams open and report memory")
     args = parser.parse_args(argv)
@@ -120,6 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     env["OPENROUTER_API_KEY"] = UPSTREAM_KEY
     upstream, base = start_upstream(work=work, env=env)
     endpoints = start_paths(names, upstream_base=base, work=work, env=env, install=False)
+    if args.baseline:
+        tree = baseline_tree(args.baseline, work)
+        if os.environ.get("BENCH_BASELINE_SITE"):  # experiments: code run at start-up
+            (tree / "sitecustomize.py").write_text(os.environ["BENCH_BASELINE_SITE"] + "\n")
+        name = f"gateway@{args.baseline}"
+        base_env = {**env, "PYTHONPATH": str(tree)}
+        endpoints[name] = start_gateway(name.replace("@", "-at-").replace("/", "-"),
+                                        workers=1, upstream_base=base, work=work, env=base_env)
+        proc = endpoints[name].proc
+        if proc is None:
+            raise SystemExit(f"{name} unavailable: {endpoints[name].reason}")
+        proc.wait_http(endpoints[name].ready_url, timeout_s=60)
+        names.append(name)
     loadgen = subprocess.Popen([sys.executable, "-m", "bench.loadgen"], cwd=REPO, env=env,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     samples: dict[str, list[Sample]] = {n: [] for n in names}
@@ -152,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:22s} {cpu:6.0f} µs CPU/request  {rps:6.0f} req/s  "
                   f"TTFB p99 {ttfb:6.2f} ms  gap p99 {gap:6.2f} ms  errors {errors}")
             print(f"  {'':22s} busiest threads (last round): {endpoints[name].extra['threads']}")
+            print(f"  {'':22s} CPU µs/request by round: "
+                  + ", ".join(f"{s[0]:.0f}" for s in samples[name]))
         return 0
     finally:
         try:

@@ -304,3 +304,50 @@ async def test_free_models_run_with_nothing_left(store: SQLiteStore) -> None:
     assert free.amount_nano == 0
     await store.settle(settlement(free.id, 0))
     consistent(store.path)
+
+
+async def test_a_refused_first_use_leaves_no_connection(store: SQLiteStore) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+    with pytest.raises(CapReached):
+        await store.reserve(hold_request(app.id, "u", want=100, minimum=60, cap=50))
+    assert await store.connection(app.id, "u", PERIOD) is None
+
+
+async def test_refusals_in_a_batch_leave_the_others_committed(store: SQLiteStore) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+    # Queued together, these commit in one transaction: the refusals among them
+    # change nothing, and the holds that fit are all there.
+    results = await asyncio.gather(
+        *(store.reserve(hold_request(app.id, f"u{i % 3}", want=400, minimum=400, cap=1000))
+          for i in range(12)),
+        return_exceptions=True,
+    )
+    holds = [r for r in results if not isinstance(r, BaseException)]
+    assert len(holds) == 6  # two of 400 fit in each user's cap of 1000
+    assert all(isinstance(r, CapReached) for r in results if isinstance(r, BaseException))
+    for hold in holds:
+        assert not isinstance(hold, BaseException)
+        await store.settle(settlement(hold.id, 10))
+    consistent(store.path)
+
+
+async def test_an_op_failing_half_done_is_undone_and_the_batch_still_commits(
+    store: SQLiteStore,
+) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+
+    def half_done(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE apps SET name = 'changed' WHERE id = ?", (app.id,))
+        raise sqlite3.IntegrityError("failed after writing")
+
+    reserve = store.reserve(hold_request(app.id, "u", want=300, cap=1000))
+    broken = store._batched(half_done)
+    settled = await asyncio.gather(reserve, broken, return_exceptions=True)
+    hold, error = settled
+    assert isinstance(error, sqlite3.IntegrityError)
+    assert not isinstance(hold, BaseException)
+    assert hold.amount_nano == 300
+    [listed] = [a for a in await store.list_apps() if a.id == app.id]
+    assert listed.name == "a"  # the failed op's write was rolled back
+    await store.settle(settlement(hold.id, 100))
+    consistent(store.path)

@@ -49,6 +49,7 @@ from gateway.store.base import (
     Revoked,
     Settlement,
     StaleCredential,
+    StoreError,
     UnknownApp,
 )
 from gateway.store.sqlite_accounts import (
@@ -287,30 +288,55 @@ class SQLiteStore(AccountsMixin):
         # sooner than through the flushing task.
         loop.call_soon_threadsafe(_deliver, futures, outcomes)
 
-    @staticmethod
+    @classmethod
     def _run_batch(
-        conn: sqlite3.Connection, *, fns: list[Callable[[sqlite3.Connection], Any]]
+        cls, conn: sqlite3.Connection, *, fns: list[Callable[[sqlite3.Connection], Any]]
     ) -> list[tuple[bool, Any]]:
+        """Run ``fns`` in one transaction; each op's outcome, in order.
+
+        An op refuses (a :class:`StoreError`) before it writes anything, so a refusal
+        needs no rollback of its own. Anything else may have left an op half done: the
+        whole transaction is rolled back and each op runs again alone.
+        """
         outcomes: list[tuple[bool, Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")  # if the lock cannot be had, the batch fails whole
         try:
             for fn in fns:
-                conn.execute("SAVEPOINT op")
                 try:
-                    value = fn(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
+                    outcomes.append((True, fn(conn)))
+                except StoreError as exc:
                     outcomes.append((False, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((True, value))
+        except Exception:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if len(fns) == 1:
+                raise
+            return [cls._run_alone(conn, fn) for fn in fns]
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        try:
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         return outcomes
+
+    @staticmethod
+    def _run_alone(
+        conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]
+    ) -> tuple[bool, Any]:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            value = fn(conn)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return False, exc
+        return True, value
 
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())
@@ -477,55 +503,41 @@ class SQLiteStore(AccountsMixin):
         return await self._batched(lambda c: self._reserve(c, req))
 
     def _reserve(self, conn: sqlite3.Connection, req: HoldRequest) -> Hold:
+        """Every refusal is raised before anything is written (the batch relies on it)."""
         now = int(time.time())
-        app = conn.execute(
-            "SELECT key_version, status FROM apps WHERE id = ?", (req.app_id,)
-        ).fetchone()
-        if app is None or app[1] != "active" or app[0] != req.key_version:
-            raise StaleCredential(req.app_id)
+        # The app, its connection to this user and this month's spend: one read.
         row = conn.execute(
-            "SELECT cap_nano, status, account_id FROM connections "
-            "WHERE app_id = ? AND user_id = ?",
-            (req.app_id, req.user_id),
+            "SELECT a.key_version, a.status, c.cap_nano, c.status, c.account_id, "
+            "s.settled_nano, s.held_nano FROM apps a "
+            "LEFT JOIN connections c ON c.app_id = a.id AND c.user_id = ? "
+            "LEFT JOIN spend s ON s.app_id = a.id AND s.user_id = ? AND s.period = ? "
+            "WHERE a.id = ?",
+            (req.user_id, req.user_id, req.period, req.app_id),
         ).fetchone()
-        account_id: str | None = None
-        if row is None:
+        if row is None or row[1] != "active" or row[0] != req.key_version:
+            raise StaleCredential(req.app_id)
+        _, _, cap, status, account_id, settled, held = row
+        connect = update_cap = False
+        if status is None:
             if not req.auto_connect:
                 raise NoConnection(req.user_id)
+            connect = True
             cap = (
                 req.requested_cap_nano
                 if req.requested_cap_nano is not None
                 else req.default_cap_nano
             )
-            conn.execute(
-                "INSERT INTO connections (app_id, user_id, cap_nano, status, created_at, "
-                "updated_at) VALUES (?, ?, ?, 'connected', ?, ?)",
-                (req.app_id, req.user_id, cap, now, now),
-            )
-        elif row[1] == "revoked":
+        elif status == "revoked":
             raise Revoked(req.user_id)
-        else:
-            cap, account_id = row[0], row[2]
-            if (
-                req.auto_connect
-                and account_id is None  # a cap a person chose is theirs to change
-                and req.requested_cap_nano is not None
-                and req.requested_cap_nano != cap
-            ):
-                # Test mode approves whatever cap the session asks for, again.
-                cap = req.requested_cap_nano
-                conn.execute(
-                    "UPDATE connections SET cap_nano = ?, updated_at = ? "
-                    "WHERE app_id = ? AND user_id = ?",
-                    (cap, now, req.app_id, req.user_id),
-                )
-        spent = conn.execute(
-            "SELECT settled_nano, held_nano FROM spend "
-            "WHERE app_id = ? AND user_id = ? AND period = ?",
-            (req.app_id, req.user_id, req.period),
-        ).fetchone()
-        settled, held = spent if spent is not None else (0, 0)
-        remaining = max(0, cap - settled - held)
+        elif (
+            req.auto_connect
+            and account_id is None  # a cap a person chose is theirs to change
+            and req.requested_cap_nano is not None
+            and req.requested_cap_nano != cap
+        ):
+            # Test mode approves whatever cap the session asks for, again.
+            cap, update_cap = req.requested_cap_nano, True
+        remaining = max(0, cap - (settled or 0) - (held or 0))
         budget_binds = False
         if account_id is not None:
             room = account_room(conn, account_id, req.period)
@@ -535,6 +547,18 @@ class SQLiteStore(AccountsMixin):
         if remaining < req.min_nano:
             raise CapReached(remaining, budget=budget_binds)
         amount = min(req.want_nano, remaining)
+        if connect:
+            conn.execute(
+                "INSERT INTO connections (app_id, user_id, cap_nano, status, created_at, "
+                "updated_at) VALUES (?, ?, ?, 'connected', ?, ?)",
+                (req.app_id, req.user_id, cap, now, now),
+            )
+        elif update_cap:
+            conn.execute(
+                "UPDATE connections SET cap_nano = ?, updated_at = ? "
+                "WHERE app_id = ? AND user_id = ?",
+                (cap, now, req.app_id, req.user_id),
+            )
         hold_id = "hold_" + req.request_id  # request ids are unique
         conn.execute(
             "INSERT INTO holds (id, request_id, app_id, user_id, period, model, amount_nano, "
