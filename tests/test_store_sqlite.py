@@ -6,6 +6,7 @@ import asyncio
 import os
 import sqlite3
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -331,23 +332,50 @@ async def test_refusals_in_a_batch_leave_the_others_committed(store: SQLiteStore
     consistent(store.path)
 
 
-async def test_an_op_failing_half_done_is_undone_and_the_batch_still_commits(
-    store: SQLiteStore,
+def test_an_op_failing_half_done_is_undone_and_the_batch_still_commits(
+    tmp_path: Path,
 ) -> None:
-    app = (await store.create_app(name="a", mode="test", origins=())).app
+    conn = sqlite3.connect(tmp_path / "batch.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
 
-    def half_done(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE apps SET name = 'changed' WHERE id = ?", (app.id,))
+    def insert(key: str) -> Callable[[sqlite3.Connection], str]:
+        def op(c: sqlite3.Connection) -> str:
+            c.execute("INSERT INTO t VALUES (?)", (key,))
+            return key
+        return op
+
+    def refuse(c: sqlite3.Connection) -> None:
+        raise CapReached(0, budget=False)  # refusals come before any write
+
+    def half_done(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO t VALUES ('half')")
         raise sqlite3.IntegrityError("failed after writing")
 
-    reserve = store.reserve(hold_request(app.id, "u", want=300, cap=1000))
-    broken = store._batched(half_done)
-    settled = await asyncio.gather(reserve, broken, return_exceptions=True)
-    hold, error = settled
-    assert isinstance(error, sqlite3.IntegrityError)
-    assert not isinstance(hold, BaseException)
-    assert hold.amount_nano == 300
-    [listed] = [a for a in await store.list_apps() if a.id == app.id]
-    assert listed.name == "a"  # the failed op's write was rolled back
-    await store.settle(settlement(hold.id, 100))
+    outcomes = SQLiteStore._run_batch(
+        conn, fns=[insert("a"), refuse, half_done, insert("b")]
+    )
+    assert [ok for ok, _ in outcomes] == [True, False, False, True]
+    assert isinstance(outcomes[1][1], CapReached)
+    assert isinstance(outcomes[2][1], sqlite3.IntegrityError)
+    assert sorted(r[0] for r in conn.execute("SELECT k FROM t")) == ["a", "b"]
+    assert not conn.in_transaction
+    # Refusals alone need no fall-back: one transaction, both writes kept.
+    outcomes = SQLiteStore._run_batch(conn, fns=[insert("c"), refuse, insert("d")])
+    assert [ok for ok, _ in outcomes] == [True, False, True]
+    assert sorted(r[0] for r in conn.execute("SELECT k FROM t")) == ["a", "b", "c", "d"]
+    conn.close()
+
+
+async def test_money_transactions_from_many_requests_all_commit(store: SQLiteStore) -> None:
+    """Many concurrent holds and settlements through the group commit: each waiter gets
+    its own outcome, and the counters add up."""
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+
+    async def one(i: int) -> int:
+        hold = await store.reserve(hold_request(app.id, f"u{i % 7}", want=10, cap=10**9))
+        charge = await store.settle(settlement(hold.id, 3))
+        assert charge is not None
+        return charge.charged_nano
+
+    assert sum(await asyncio.gather(*(one(i) for i in range(300)))) == 900
     consistent(store.path)

@@ -21,11 +21,13 @@ processes (``--workers``) on the same file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -135,9 +137,11 @@ class SQLiteStore(AccountsMixin):
         self._db: aiosqlite.Connection | None = None
         self._registered = False
         # Group commit: money transactions queued while a batch is on the connection
-        # thread go together in the next one (one thread hop, one commit).
-        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # thread go together in the next one (one commit). The connection's thread
+        # takes them from here (see _batched).
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._pending_lock = threading.Lock()
+        self._draining = False
         self._checkpointer: asyncio.Task[None] | None = None
 
     # -- plumbing -------------------------------------------------------------------------
@@ -160,8 +164,13 @@ class SQLiteStore(AccountsMixin):
             self._checkpointer.cancel()
             await asyncio.gather(self._checkpointer, return_exceptions=True)
             self._checkpointer = None
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        # Let queued money transactions commit (bounded: a wedged connection is not
+        # waited for forever).
+        for _ in range(500):
+            with self._pending_lock:
+                if not self._draining:
+                    break
+            await asyncio.sleep(0.01)
         if self._db is not None:
             db, self._db = self._db, None
             try:
@@ -249,44 +258,49 @@ class SQLiteStore(AccountsMixin):
             await db.close()
 
     async def _batched(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in a transaction of its own (a savepoint), committed together with
-        whatever else is queued: it returns only once its commit is done."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((fn, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+        """Run ``fn`` in a transaction committed together with whatever else is queued:
+        it returns only once its commit is done.
+
+        Ops wait in a list the connection's thread drains: while one batch commits, the
+        next gathers, and the thread starts it as soon as the commit is done, with no
+        trip through the event loop in between. One batch per turn on the connection's
+        queue, so other statements interleave; results reach the waiting requests with
+        one ``call_soon_threadsafe`` per batch.
+        """
+        db = self._db
+        if db is None:
+            raise RuntimeError("store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._pending_lock:
+            self._pending.append((fn, future))
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._post(db, functools.partial(self._drain, db, loop))
         return await future
 
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._queue:
-            batch, self._queue = self._queue, []
-            futures = [future for _, future in batch]
-            run = functools.partial(
-                self._run_and_deliver, fns=[fn for fn, _ in batch], futures=futures, loop=loop
-            )
-            try:
-                await self._run(run)
-            except BaseException as exc:  # the batch as a whole failed (e.g. locked)
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+    @staticmethod
+    def _post(db: aiosqlite.Connection, job: Callable[[], None]) -> None:
+        # Fire and forget onto the connection's thread, behind what is queued there
+        # (aiosqlite runs its queue in order; ``_execute`` would need a task to await).
+        cast(Any, db)._tx.put_nowait((None, job))
 
-    @classmethod
-    def _run_and_deliver(
-        cls,
-        conn: sqlite3.Connection,
-        *,
-        fns: list[Callable[[sqlite3.Connection], Any]],
-        futures: list[asyncio.Future[Any]],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        outcomes = cls._run_batch(conn, fns=fns)
-        # Straight from the commit to the waiting requests: one pass of the event loop
-        # sooner than through the flushing task.
-        loop.call_soon_threadsafe(_deliver, futures, outcomes)
+    def _drain(self, db: aiosqlite.Connection, loop: asyncio.AbstractEventLoop) -> None:
+        """On the connection's thread: commit one batch, then queue the next turn."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                self._draining = False
+                return
+        futures = [future for _, future in batch]
+        try:
+            outcomes = self._run_batch(cast(Any, db)._conn, fns=[fn for fn, _ in batch])
+        except BaseException as exc:  # the batch as a whole failed (e.g. locked)
+            outcomes = [(False, exc)] * len(batch)
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(_deliver, futures, outcomes)
+        self._post(db, functools.partial(self._drain, db, loop))
 
     @classmethod
     def _run_batch(

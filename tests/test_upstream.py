@@ -1,0 +1,40 @@
+"""What the gateway sends upstream for a chat completion, at the transport."""
+
+from __future__ import annotations
+
+import httpx
+
+from gateway.config import UpstreamSettings
+from gateway.upstream import Upstream
+
+
+async def test_chat_requests_carry_the_operator_key_and_no_cookie_or_redirect() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:  # the first user's answer sets a cookie and points elsewhere
+            return httpx.Response(
+                307, headers={"set-cookie": "session=for-user-one; Path=/",
+                              "location": "https://elsewhere.example/"},
+            )
+        return httpx.Response(200, json={"choices": []})
+
+    upstream = Upstream(UpstreamSettings(base_url="https://up.example/api/v1", api_key="sk-op"))
+    await upstream.client.aclose()
+    upstream.transport = httpx.MockTransport(answer)
+    first = await upstream.open_chat(b'{"model":"m"}', accept="text/event-stream")
+    second = await upstream.open_chat(b'{"model":"m"}', accept="application/json")
+    await first.aclose()
+    await second.aclose()
+
+    assert first.status_code == 307  # passed on, not followed
+    assert len(seen) == 2
+    for request, accept in zip(seen, ("text/event-stream", "application/json"), strict=True):
+        assert request.url == "https://up.example/api/v1/chat/completions"
+        assert request.headers["authorization"] == "Bearer sk-op"
+        assert request.headers["accept"] == accept
+        assert request.headers["content-type"] == "application/json"
+        assert request.headers["content-length"] == "13"
+        assert request.headers["user-agent"].startswith("wattfare/")
+        assert "cookie" not in request.headers
