@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
 import httpx
 import orjson
@@ -263,7 +264,9 @@ class Relay:
         idle = _IdleTimer(loop, idle_s)
         try:
             try:
-                async for chunk in response.aiter_raw():
+                # The transport's byte stream itself: httpx's aiter_raw() would only
+                # wrap each read in two more generator layers.
+                async for chunk in cast(AsyncIterable[bytes], response.stream):
                     now = idle.last = loop.time()
                     buf = pending + chunk if pending else chunk
                     last = buf.rfind(b"\n\n")
@@ -442,6 +445,8 @@ class _Meter:
             ) and well_formed(buf, 0, run_end):
                 self.completion_tokens += tokens
                 pos = run_end
+        if pos == end:
+            return end
         return await self._scan_events(buf, pos, end, flag=flag, result=result)
 
     async def _scan_events(
