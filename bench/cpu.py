@@ -49,7 +49,7 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-Sample = tuple[float, float, int, float, float]
+Sample = tuple[float, float, int, float, float, float]
 
 
 def thread_seconds(pid: int) -> dict[str, float]:
@@ -65,8 +65,8 @@ def thread_seconds(pid: int) -> dict[str, float]:
 
 
 def measure(channel: LineChannel, endpoint: Endpoint, scenario: Scenario) -> Sample:
-    """(CPU µs per request, req/s, errors, TTFB p99 ms, gap p99 ms) for one load run
-    against one path."""
+    """(CPU µs per request, req/s, errors, TTFB p99 ms, gap p99 between chunks ms, gap
+    p99 before ``[DONE]`` ms) for one load run against one path."""
     assert endpoint.proc is not None
     spec = {"url": endpoint.url, "headers": endpoint.headers,
             "user_header": endpoint.user_header, "user_prefix": "cpu-", "user_pool": 1024,
@@ -85,8 +85,9 @@ def measure(channel: LineChannel, endpoint: Endpoint, scenario: Scenario) -> Sam
     rps = float(result.get("rps", 0.0))
     errors = int(sum((result.get("errors") or {}).values()))
     ttfb = float(result.get("ttfb_ms", {}).get("p99", float("nan")))
-    gap = float(result.get("gap_ms", {}).get("p99", float("nan")))
-    return (after - before) * 1e6 / done, rps, errors, ttfb, gap
+    gap = float(result.get("chunk_gap_ms", {}).get("p99", float("nan")))
+    done_wait = float(result.get("done_wait_ms", {}).get("p99", float("nan")))
+    return (after - before) * 1e6 / done, rps, errors, ttfb, gap, done_wait
 
 
 def hold_memory(channel: LineChannel, endpoint: Endpoint, streams: int) -> tuple[float, float]:
@@ -184,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             errors = sum(s[2] for s in samples[name])
             ttfb = statistics.median(s[3] for s in samples[name])
             gap = statistics.median(s[4] for s in samples[name])
+            done_wait = statistics.median(s[5] for s in samples[name])
             print(f"  {name:22s} {cpu:6.0f} µs CPU/request  {rps:6.0f} req/s  "
-                  f"TTFB p99 {ttfb:6.2f} ms  gap p99 {gap:6.2f} ms  errors {errors}")
+                  f"TTFB p99 {ttfb:6.2f} ms  gap p99 {gap:6.2f} ms  "
+                  f"before [DONE] p99 {done_wait:6.2f} ms  errors {errors}")
             print(f"  {'':22s} busiest threads (last round): {endpoints[name].extra['threads']}")
             print(f"  {'':22s} CPU µs/request by round: "
                   + ", ".join(f"{s[0]:.0f}" for s in samples[name]))

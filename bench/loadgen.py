@@ -44,6 +44,10 @@ class Samples:
     first_content: list[float] = field(default_factory=list)
     total: list[float] = field(default_factory=list)
     gaps: list[float] = field(default_factory=list)
+    # The gaps split: before a read that carries ``[DONE]`` (the end of the stream,
+    # which a metering proxy may hold until its charge is committed) and all others.
+    chunk_gaps: list[float] = field(default_factory=list)
+    done_waits: list[float] = field(default_factory=list)
     nbytes: list[int] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -103,6 +107,7 @@ async def one_request(
     samples.started += 1
     t0 = time.perf_counter()
     gaps: list[float] = []
+    done_wait = -1.0
     first_content = -1.0
     nbytes = 0
     tail = b""
@@ -116,7 +121,10 @@ async def one_request(
             async for data in resp.content.iter_any():
                 now = time.perf_counter()
                 if last >= 0:
-                    gaps.append(now - last)
+                    if _DONE in data:
+                        done_wait = now - last
+                    else:
+                        gaps.append(now - last)
                 last = now
                 nbytes += len(data)
                 if first_content < 0 and (not target.stream or _CONTENT.search(data)):
@@ -146,7 +154,11 @@ async def one_request(
     samples.total.append(total)
     samples.nbytes.append(nbytes)
     if len(samples.gaps) < _MAX_GAPS:
+        samples.chunk_gaps.extend(gaps)
         samples.gaps.extend(gaps)
+        if done_wait >= 0:
+            samples.done_waits.append(done_wait)
+            samples.gaps.append(done_wait)
 
 
 def _session(limit: int, timeout_s: float) -> aiohttp.ClientSession:
@@ -227,6 +239,8 @@ async def run_load(spec: dict[str, Any]) -> dict[str, Any]:
         "first_content_ms": summarize(samples.first_content),
         "total_ms": summarize(samples.total),
         "gap_ms": summarize(samples.gaps),
+        "chunk_gap_ms": summarize(samples.chunk_gaps),
+        "done_wait_ms": summarize(samples.done_waits),
         "bytes": {
             "min": min(samples.nbytes, default=0),
             "max": max(samples.nbytes, default=0),

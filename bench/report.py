@@ -118,7 +118,10 @@ def render(data: dict[str, Any], *, charts: dict[str, str], title: str) -> str:
     out += ["", "## Added latency over the direct path, ms (same round)", ""]
     for metric, label in (("added_ttfb_p50", "TTFB p50"), ("added_ttfb_p99", "TTFB p99"),
                           ("added_first_content_p50", "first content p50"),
-                          ("added_gap_p99", "inter-chunk gap p99")):
+                          ("added_gap_p99", "inter-chunk gap p99 (every gap)"),
+                          ("added_chunk_gap_p99",
+                           "gap p99 between chunks (the gap before [DONE] left out)"),
+                          ("added_done_wait_p99", "gap p99 before [DONE]")):
         out += ["", f"**{label}**", ""]
         out += _metric_table(data, all_sids, metric)
     out += ["", "## Over the floor: a path minus floor-aiohttp, same round", "",
