@@ -31,6 +31,8 @@ BENCH = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH / "results"
 QUICK_OUT = BENCH / ".work" / "results"
 RESULTS_MD = BENCH / "RESULTS.md"
+# Hand-written notes on the targets, placed under the targets table of RESULTS.md.
+NOTES_MD = BENCH / "NOTES.md"
 
 
 def ensure_matplotlib() -> str:
@@ -117,7 +119,8 @@ def publish(
     md_path.write_text(report.render(data, charts=written, title=title))
     if results_md:
         rel = {k: f"{out_dir.resolve().relative_to(BENCH)}/{v}" for k, v in written.items()}
-        RESULTS_MD.write_text(report.render(data, charts=rel, title=title))
+        notes = NOTES_MD.read_text() if NOTES_MD.exists() else ""
+        RESULTS_MD.write_text(report.render(data, charts=rel, title=title, notes=notes))
     print(json.dumps({"json": str(json_path), "markdown": str(md_path),
                       "charts": [str(out_dir / v) for v in written.values()]}))
     for t in data["analysis"]["targets"]:
@@ -177,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="re-render the markdown and charts of a run")
     rep.add_argument("json", help="a bench/results/<stamp>.json")
-    rep.add_argument("--results-md", action="store_true", help="also rewrite bench/RESULTS.md")
+    rep.add_argument("--results-md", action="store_true",
+                     help="also rewrite bench/RESULTS.md (with bench/NOTES.md)")
     rep.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     rep.set_defaults(func=cmd_report)
     setup = sub.add_parser("setup", help="install matplotlib and the LiteLLM venv")

@@ -53,7 +53,9 @@ def _metric_table(
     return _table(["scenario", *paths], rows)
 
 
-def render(data: dict[str, Any], *, charts: dict[str, str], title: str) -> str:
+def render(
+    data: dict[str, Any], *, charts: dict[str, str], title: str, notes: str = ""
+) -> str:
     meta = data["meta"]
     machine = meta["machine"]
     raw = data["raw"]
@@ -102,6 +104,8 @@ def render(data: dict[str, Any], *, charts: dict[str, str], title: str) -> str:
         verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
         rows.append([t["name"], f"{_num(t['value'])} {t['unit']}".strip(), t["target"], verdict])
     out += _table(["target", "measured (median)", "target", "verdict"], rows)
+    if notes.strip():
+        out += ["", notes.strip()]
     out += ["", "## Throughput, requests/s", ""]
     out += _metric_table(data, all_sids, "rps", 0)
     stalled = []
