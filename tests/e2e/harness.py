@@ -139,6 +139,7 @@ class GatewayConfig:
     idle_timeout_s: float = 2.0
     default_monthly_usd: float = 10.0
     checkpoint_interval_s: float = 2.0
+    transport: str = "aiohttp"
 
     def toml(self, *, port: int, upstream_api: str, db: Path) -> str:
         return (
@@ -151,6 +152,7 @@ class GatewayConfig:
             "connect_timeout_s = 2\n"
             f"first_byte_timeout_s = {self.first_byte_timeout_s}\n"
             f"idle_timeout_s = {self.idle_timeout_s}\n"
+            f'transport = "{self.transport}"\n'
             "[store]\n"
             f'path = "{db}"\n'
             "[metering]\n"
