@@ -21,15 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.paths import (
-    ALL_PATHS,
-    REPO,
-    UPSTREAM_KEY,
-    Endpoint,
-    start_gateway,
-    start_paths,
-    start_upstream,
-)
+from bench.paths import ALL_PATHS, REPO, Endpoint, bench_env, start_gateway, under_load
 from bench.procs import LineChannel
 from bench.scenarios import HOLD_BODY, Scenario
 
@@ -139,28 +131,23 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     work = BENCH / ".work" / f"cpu-{stamp}"
     work.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "WATTFARE_CONFIG"}
-    env["OPENROUTER_API_KEY"] = UPSTREAM_KEY
-    upstream, base = start_upstream(work=work, env=env)
-    endpoints = start_paths(names, upstream_base=base, work=work, env=env, install=False)
-    if args.baseline:
-        tree = baseline_tree(args.baseline, work)
-        if os.environ.get("BENCH_BASELINE_SITE"):  # experiments: code run at start-up
-            (tree / "sitecustomize.py").write_text(os.environ["BENCH_BASELINE_SITE"] + "\n")
-        name = f"gateway@{args.baseline}"
-        base_env = {**env, "PYTHONPATH": str(tree)}
-        endpoints[name] = start_gateway(name.replace("@", "-at-").replace("/", "-"),
-                                        workers=1, upstream_base=base, work=work, env=base_env)
-        proc = endpoints[name].proc
-        if proc is None:
-            raise SystemExit(f"{name} unavailable: {endpoints[name].reason}")
-        proc.wait_http(endpoints[name].ready_url, timeout_s=60)
-        names.append(name)
-    loadgen = subprocess.Popen([sys.executable, "-m", "bench.loadgen"], cwd=REPO, env=env,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    samples: dict[str, list[Sample]] = {n: [] for n in names}
-    try:
-        channel = LineChannel(loadgen)
+    env = bench_env()
+    with under_load(names, work=work, env=env) as (base, endpoints, channel):
+        if args.baseline:
+            tree = baseline_tree(args.baseline, work)
+            if os.environ.get("BENCH_BASELINE_SITE"):  # experiments: code run at start-up
+                (tree / "sitecustomize.py").write_text(os.environ["BENCH_BASELINE_SITE"] + "\n")
+            name = f"gateway@{args.baseline}"
+            endpoints[name] = start_gateway(
+                name.replace("@", "-at-").replace("/", "-"), workers=1, upstream_base=base,
+                work=work, env={**env, "PYTHONPATH": str(tree)},
+            )
+            proc = endpoints[name].proc
+            if proc is None:
+                raise SystemExit(f"{name} unavailable: {endpoints[name].reason}")
+            proc.wait_http(endpoints[name].ready_url, timeout_s=60)
+            names.append(name)
+        samples: dict[str, list[Sample]] = {n: [] for n in names}
         scenario = Scenario("cpu", "cpu", chunks=args.chunks, concurrency=args.concurrency,
                             gap_ms=args.gap_ms, duration_s=args.seconds)
         warm = Scenario("warm", "warm", chunks=args.chunks, concurrency=args.concurrency,
@@ -192,19 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'':22s} busiest threads (last round): {endpoints[name].extra['threads']}")
             print(f"  {'':22s} CPU µs/request by round: "
                   + ", ".join(f"{s[0]:.0f}" for s in samples[name]))
-        return 0
-    finally:
-        try:
-            LineChannel(loadgen).send({"op": "quit"})
-            loadgen.wait(timeout=30)
-        except (OSError, ValueError, subprocess.TimeoutExpired):
-            loadgen.kill()
-            loadgen.wait(timeout=10)
-        for endpoint in endpoints.values():
-            if endpoint.proc is not None:
-                endpoint.proc.stop()
-        upstream.stop()
-
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

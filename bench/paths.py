@@ -12,18 +12,28 @@ the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import litellm_path
 from bench.floor_proxy import CLIENT_KINDS
-from bench.procs import LOOPBACK, Proc, StartError, free_port, start
+from bench.procs import (
+    LOOPBACK,
+    LineChannel,
+    Proc,
+    StartError,
+    free_port,
+    start,
+    stop_loadgen,
+)
 
 MODEL = "openai/gpt-4o-mini"
 UPSTREAM_KEY = "sk-or-bench"
@@ -272,3 +282,34 @@ def stop_all(procs: list[Proc]) -> None:
     for proc in procs:
         proc.stop()
 
+
+
+def bench_env() -> dict[str, str]:
+    """The environment every process of a bench run gets."""
+    env = {k: v for k, v in os.environ.items() if k != "WATTFARE_CONFIG"}
+    env["OPENROUTER_API_KEY"] = UPSTREAM_KEY
+    return env
+
+
+@contextlib.contextmanager
+def under_load(
+    names: list[str], *, work: Path, env: dict[str, str]
+) -> Iterator[tuple[str, dict[str, Endpoint], LineChannel]]:
+    """The simulated upstream, the named paths and a load generator, for a small tool:
+    (upstream base URL, endpoints, channel to the load generator). Endpoints added to
+    the dict meanwhile are stopped with the rest."""
+    upstream, base = start_upstream(work=work, env=env)
+    endpoints: dict[str, Endpoint] = {}
+    loadgen: subprocess.Popen[bytes] | None = None
+    try:
+        endpoints = start_paths(names, upstream_base=base, work=work, env=env, install=False)
+        loadgen = subprocess.Popen([sys.executable, "-m", "bench.loadgen"], cwd=REPO, env=env,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        yield base, endpoints, LineChannel(loadgen)
+    finally:
+        if loadgen is not None:
+            stop_loadgen(loadgen)
+        for endpoint in endpoints.values():
+            if endpoint.proc is not None:
+                endpoint.proc.stop()
+        upstream.stop()

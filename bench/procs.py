@@ -217,3 +217,14 @@ class LineChannel:
         if not answer.get("ok", False):
             raise RuntimeError(f"load generator: {answer.get('error')}")
         return answer
+
+
+def stop_loadgen(loadgen: subprocess.Popen[bytes]) -> None:
+    """Ask the load generator to quit; kill it if it does not within 10 s."""
+    with contextlib.suppress(OSError, ValueError):
+        LineChannel(loadgen).send({"op": "quit"})
+    try:
+        loadgen.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        loadgen.kill()
+        loadgen.wait(timeout=10)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -23,8 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.paths import ALL_PATHS, REPO, UPSTREAM_KEY, start_paths, start_upstream
-from bench.procs import LineChannel
+from bench.paths import ALL_PATHS, bench_env, under_load
 from bench.scenarios import Scenario
 
 BENCH = Path(__file__).resolve().parent
@@ -104,17 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     work = BENCH / ".work" / f"profile-{stamp}"
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "WATTFARE_CONFIG"}
-    env["OPENROUTER_API_KEY"] = UPSTREAM_KEY
-    upstream, base = start_upstream(work=work, env=env)
-    endpoints = start_paths([args.path], upstream_base=base, work=work, env=env, install=False)
-    endpoint = endpoints[args.path]
-    loadgen = subprocess.Popen([sys.executable, "-m", "bench.loadgen"], cwd=REPO, env=env,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
+    env = bench_env()
+    with under_load([args.path], work=work, env=env) as (_, endpoints, channel):
+        endpoint = endpoints[args.path]
         if not endpoint.available or endpoint.proc is None:
             raise SystemExit(f"{args.path} unavailable: {endpoint.reason}")
-        channel = LineChannel(loadgen)
         scenario = Scenario("profile", "profile", chunks=args.chunks, gap_ms=args.gap_ms,
                             concurrency=args.concurrency, duration_s=args.seconds + 2)
         spec = {"url": endpoint.url, "headers": endpoint.headers,
@@ -149,17 +141,6 @@ def main(argv: list[str] | None = None) -> int:
             for frame, share in summary["top"][kind][:25]:
                 print(f"  {share:5.1f}%  {frame}")
         return 0
-    finally:
-        try:
-            LineChannel(loadgen).send({"op": "quit"})
-            loadgen.wait(timeout=30)
-        except (OSError, ValueError, subprocess.TimeoutExpired):
-            loadgen.kill()
-            loadgen.wait(timeout=10)
-        for e in endpoints.values():
-            if e.proc is not None:
-                e.proc.stop()
-        upstream.stop()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import subprocess
 import sys
 import time
@@ -32,11 +31,12 @@ from bench.paths import (
     REPO,
     UPSTREAM_KEY,
     Endpoint,
+    bench_env,
     start_gateway,
     start_paths,
     start_upstream,
 )
-from bench.procs import LineChannel, Proc, StartError, wait_idle
+from bench.procs import LineChannel, Proc, StartError, stop_loadgen, wait_idle
 from bench.scenarios import HOLD_BODY, Scenario, Suite, request_body
 from bench.verify import verify_path
 
@@ -305,8 +305,7 @@ def start_loadgen(work: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 def execute(*, suite: Suite, names: list[str], work: Path, install_litellm: bool) -> dict[str, Any]:
     """Run ``suite`` on the paths ``names``; return the raw results."""
-    env = {k: v for k, v in os.environ.items() if k != "WATTFARE_CONFIG"}
-    env.update({"OPENROUTER_API_KEY": UPSTREAM_KEY, "PYTHONUNBUFFERED": "1"})
+    env = {**bench_env(), "PYTHONUNBUFFERED": "1"}
     started = time.time()
     upstream, base = start_upstream(work=work, env=env)
     log(f"upstream on {base}")
@@ -340,13 +339,7 @@ def execute(*, suite: Suite, names: list[str], work: Path, install_litellm: bool
         if run is not None:
             loadgen = run.loadgen  # it may have been replaced
         if loadgen is not None:
-            with contextlib.suppress(OSError, ValueError):
-                LineChannel(loadgen).send({"op": "quit"})
-            try:
-                loadgen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                loadgen.kill()
-                loadgen.wait(timeout=10)
+            stop_loadgen(loadgen)
         for e in endpoints.values():
             if e.proc is not None:
                 e.proc.stop()
