@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Iterator
 
+import aiohttp
 import httpx
 import orjson
 
@@ -89,6 +90,14 @@ def mapped_transport_errors(phase: str) -> Iterator[None]:
     except TimeoutError:
         raise UpstreamTimeout(f"The upstream did not answer in time ({phase}).") from None
     except httpx.TimeoutException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+            cause, TimeoutError
+        ):
+            # httpx-aiohttp reports every aiohttp connection error as ConnectTimeout; a
+            # connection the upstream closed or reset is a failure, not a timeout.
+            log.warning("upstream connection error during %s: %r", phase, cause)
+            raise UpstreamError(f"The upstream connection failed ({phase}).") from exc
         raise UpstreamTimeout(f"The upstream did not answer in time ({phase}).") from exc
     except httpx.TransportError as exc:
         log.warning("upstream transport error during %s: %r", phase, exc)

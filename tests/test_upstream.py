@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import aiohttp
 import httpx
+import pytest
 
 from gateway.config import UpstreamSettings
-from gateway.upstream import Upstream
+from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.upstream import Upstream, mapped_transport_errors
 
 
 async def test_chat_requests_carry_the_operator_key_and_no_cookie_or_redirect() -> None:
@@ -38,3 +41,20 @@ async def test_chat_requests_carry_the_operator_key_and_no_cookie_or_redirect() 
         assert request.headers["content-length"] == "13"
         assert request.headers["user-agent"].startswith("wattfare/")
         assert "cookie" not in request.headers
+
+
+@pytest.mark.parametrize(
+    ("cause", "expected"),
+    [
+        (aiohttp.ServerDisconnectedError(), UpstreamError),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), UpstreamError),
+        (aiohttp.ServerTimeoutError("read timed out"), UpstreamTimeout),
+        (None, UpstreamTimeout),
+    ],
+)
+def test_a_closed_connection_is_an_upstream_error_not_a_timeout(
+    cause: BaseException | None, expected: type[Exception]
+) -> None:
+    # httpx-aiohttp raises ConnectTimeout for every aiohttp connection error.
+    with pytest.raises(expected), mapped_transport_errors("waiting for the response"):
+        raise httpx.ConnectTimeout("mapped") from cause

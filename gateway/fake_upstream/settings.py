@@ -133,6 +133,10 @@ def serve(*, host: str, port: int, settings: FakeUpstreamSettings) -> None:
         log_level="warning",
         lifespan="on",
         server_header=False,
+        # Idle keep-alive connections stay open longer than a client's pool keeps them
+        # (the gateway's: 30 s), like the 75 s common in production servers; uvicorn's
+        # default of 5 s races a client reusing a connection as the server closes it.
+        timeout_keep_alive=75,
         # A `hang` request would otherwise hold a Ctrl-C for up to 600 s.
         timeout_graceful_shutdown=2,
     )
