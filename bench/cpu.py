@@ -28,19 +28,6 @@ from bench.scenarios import HOLD_BODY, Scenario
 BENCH = Path(__file__).resolve().parent
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its live children."""
-    proc = psutil.Process(pid)
-    total = 0.0
-    for p in (proc, *proc.children(recursive=True)):
-        try:
-            times = p.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
 Sample = tuple[float, float, int, float, float, float]
 
 
@@ -63,10 +50,10 @@ def measure(channel: LineChannel, endpoint: Endpoint, scenario: Scenario) -> Sam
     spec = {"url": endpoint.url, "headers": endpoint.headers,
             "user_header": endpoint.user_header, "user_prefix": "cpu-", "user_pool": 1024,
             **scenario.spec()}
-    before = cpu_seconds(endpoint.proc.pid)
+    before = endpoint.proc.cpu_seconds()
     threads_before = thread_seconds(endpoint.proc.pid)
     answer = channel.call({"op": "run", **spec}, timeout_s=scenario.duration_s + 120)
-    after = cpu_seconds(endpoint.proc.pid)
+    after = endpoint.proc.cpu_seconds()
     threads_after = thread_seconds(endpoint.proc.pid)
     spent = {k: v - threads_before.get(k, 0.0) for k, v in threads_after.items()}
     total = sum(spent.values()) or 1.0
