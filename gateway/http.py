@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import orjson
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import GatewayError, RequestTooLarge
+from gateway.errors import GatewayError, InvalidRequest, RequestTooLarge
 from gateway.observability import record_of
 
 JSON = b"application/json"
@@ -82,3 +84,14 @@ async def read_body(receive: Receive, *, limit: int, declared: int | None) -> by
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object, or ``invalid_request_error``."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body

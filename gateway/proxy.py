@@ -39,7 +39,14 @@ from gateway.errors import (
     SpendCapReached,
     UpstreamError,
 )
-from gateway.http import ClientGone, DisconnectWatch, read_body, send_bytes, send_error
+from gateway.http import (
+    ClientGone,
+    DisconnectWatch,
+    json_object,
+    read_body,
+    send_bytes,
+    send_error,
+)
 from gateway.metering import Price, prompt_token_bound, usage_cost_nano
 from gateway.observability import RequestRecord, record_of
 from gateway.relay import Relay, StreamJob, StreamResult
@@ -77,12 +84,7 @@ class ChatRequest:
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
     """Check the fields the gateway relies on; the rest is the upstream's to judge."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
+    body = json_object(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip() or len(model) > 256:
         raise InvalidRequest("'model' must be a non-empty string.", param="model")

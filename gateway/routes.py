@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from gateway.auth import CredentialKind, Principal
 from gateway.errors import GatewayError, InvalidRequest, NotConnected
-from gateway.http import read_body
+from gateway.http import json_object, read_body
 from gateway.metering import nano_to_usd
 from gateway.state import GatewayState
 from gateway.store.base import ConnectionState, period_of
@@ -76,13 +76,7 @@ async def json_body(request: Request, *, limit: int) -> dict[str, Any]:
     raw = await read_body(
         request.receive, limit=limit, declared=int(declared) if declared.isdigit() else None
     )
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
+    return json_object(raw)
 
 
 async def create_session(request: Request) -> Response:
