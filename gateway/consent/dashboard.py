@@ -82,41 +82,42 @@ async def _owned(
     return None
 
 
-async def _guarded(request: Request) -> tuple[Account | None, dict[str, str], Response | None]:
+async def _named_connection(
+    request: Request,
+) -> tuple[Account, dict[str, str], AccountConnection] | Response:
+    """For a dashboard form: the signed-in account, its form (CSRF-checked) and the
+    account's connection the form names; else the response that refuses."""
     account, _ = await session_of(request)
     if account is None:
-        return None, {}, redirect("/signin?next=/dashboard")
+        return redirect("/signin?next=/dashboard")
     form = await read_form(request)
     if not await form_ok(request, form):
-        return account, form, await _view(
+        return await _view(
             request, account, status=403,
             error="That request did not come from this page, so nothing was changed.",
         )
-    return account, form, None
+    conn = await _owned(request, account, form)
+    if conn is None:
+        return await _view(request, account, status=404, error="No such connected app.")
+    return account, form, conn
 
 
 async def revoke(request: Request) -> Response:
     """``POST /dashboard/revoke``: revoke one of the account's connections."""
-    account, form, refused = await _guarded(request)
-    if refused is not None:
-        return refused
-    assert account is not None
-    conn = await _owned(request, account, form)
-    if conn is None:
-        return await _view(request, account, status=404, error="No such connected app.")
+    found = await _named_connection(request)
+    if isinstance(found, Response):
+        return found
+    _, _, conn = found
     await gateway_of(request).revoke(conn.app_id, conn.user_id)
     return redirect("/dashboard?notice=revoked")
 
 
 async def set_cap(request: Request) -> Response:
     """``POST /dashboard/cap``: change the monthly cap of one of the account's apps."""
-    account, form, refused = await _guarded(request)
-    if refused is not None:
-        return refused
-    assert account is not None
-    conn = await _owned(request, account, form)
-    if conn is None:
-        return await _view(request, account, status=404, error="No such connected app.")
+    found = await _named_connection(request)
+    if isinstance(found, Response):
+        return found
+    account, form, conn = found
     try:
         usd = float(form.get("cap", ""))
     except ValueError:
