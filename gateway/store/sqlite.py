@@ -343,14 +343,9 @@ class SQLiteStore(AccountsMixin):
         conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]
     ) -> tuple[bool, Any]:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            value = fn(conn)
-            conn.execute("COMMIT")
+            return True, transaction(conn, lambda: fn(conn))
         except Exception as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             return False, exc
-        return True, value
 
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())

@@ -39,14 +39,16 @@ def _account(row: tuple[str, str, str, int, int]) -> Account:
 
 
 def transaction(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
-    """``body`` between ``BEGIN IMMEDIATE`` and ``COMMIT`` (rolled back if it raises)."""
+    """``body`` between ``BEGIN IMMEDIATE`` and ``COMMIT`` (rolled back if it or the
+    commit raises; SQLite may have rolled back already)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = body()
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
     return result
 
 
