@@ -68,6 +68,14 @@ def _timeout(settings: UpstreamSettings) -> httpx.Timeout:
     )
 
 
+def _operator_headers(settings: UpstreamSettings) -> list[tuple[bytes, bytes]]:
+    """What every upstream request carries: the operator's key and who is asking."""
+    return [
+        (b"User-Agent", USER_AGENT),
+        (b"Authorization", f"Bearer {settings.api_key}".encode("latin-1")),
+    ]
+
+
 def make_client(
     settings: UpstreamSettings, transport: httpx.AsyncBaseTransport
 ) -> httpx.AsyncClient:
@@ -76,8 +84,7 @@ def make_client(
         base_url=settings.base_url + "/",
         timeout=_timeout(settings),
         transport=transport,
-        headers={"Authorization": f"Bearer {settings.api_key}",
-                 "User-Agent": USER_AGENT.decode()},
+        headers=_operator_headers(settings),
         follow_redirects=False,
     )
 
@@ -166,8 +173,7 @@ class Upstream:
         self._chat_timeout = _timeout(settings).as_dict()
         self._chat_headers = {
             accept: [
-                (b"User-Agent", USER_AGENT),
-                (b"Authorization", f"Bearer {settings.api_key}".encode("latin-1")),
+                *_operator_headers(settings),
                 (b"Content-Type", b"application/json"),
                 (b"Accept", accept.encode("latin-1")),
                 (b"Accept-Encoding", b"identity"),
