@@ -110,11 +110,12 @@ class Gateway:
         else:
             await self.router(scope, receive, send)
 
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Returns the handler's coroutine rather than awaiting it: no frame of its own
+        # stays on the stack for the life of every stream.
         if scope["path"] == CHAT_PATH and self._chat is not None:
-            await self._chat(scope, receive, send)
-        else:
-            await self.router(scope, receive, send)
+            return self._chat(scope, receive, send)
+        return self.router(scope, receive, send)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import orjson
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, InvalidRequest, RequestTooLarge
 from gateway.observability import record_of
@@ -26,17 +26,30 @@ class DisconnectWatch:
     to tell this cancellation from any other, and calls ``uncancel()``.
     """
 
+    __slots__ = ("_receive", "_watcher", "armed", "gone", "task")
+
     def __init__(self, receive: Receive) -> None:
         task = asyncio.current_task()
         assert task is not None
         self.task = task
         self.armed = True
         self.gone = False
-        self._watcher = asyncio.create_task(self._watch(receive))
+        self._receive = receive
+        self._watcher = self._listen()
 
-    async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+    def _listen(self) -> asyncio.Future[Message]:
+        # The receive() call itself is the watching task, with a callback (no coroutine
+        # of its own kept for the whole stream).
+        watcher = asyncio.ensure_future(self._receive())
+        watcher.add_done_callback(self._received)
+        return watcher
+
+    def _received(self, watcher: asyncio.Future[Message]) -> None:
+        if watcher.cancelled() or watcher.exception() is not None:
+            return
+        if watcher.result()["type"] != "http.disconnect":
+            self._watcher = self._listen()
+            return
         self.gone = True
         if self.armed:
             self.task.cancel()

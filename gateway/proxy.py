@@ -128,6 +128,7 @@ class ChatCompletions:
     def __init__(self, state: GatewayState) -> None:
         self.state = state
         self.relay = Relay(state)
+        self._settle_job = self._settle_stream  # bound once, shared by every stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         record = record_of(scope)
@@ -224,16 +225,15 @@ class ChatCompletions:
         del raw, body
         req.body = {}
         started = time.perf_counter()
-
-        async def settle(result: StreamResult) -> int:
-            return await self._settle(hold, result, record=record, started=started)
-
         try:
             if req.stream:
-                result = await self.relay.run(scope, receive, send, StreamJob(
+                job = StreamJob(
                     principal=principal, hold=hold, price=price, prompt_tokens=prompt_tokens,
-                    model=req.model, body=payload, settle=settle,
-                ))
+                    model=req.model, body=payload, settle=self._settle_job, record=record,
+                    started=started,
+                )
+                del payload  # the relay lets go of it once sent
+                result = await self.relay.run(scope, receive, send, job)
             else:
                 result = await self._complete(receive, send, body=payload,
                                               price=price, prompt_tokens=prompt_tokens,
@@ -250,7 +250,11 @@ class ChatCompletions:
             ))
             raise
         record.code = result.error_code
-        record.cost_nano = result.charged_nano if result.settled else await settle(result)
+        record.cost_nano = (
+            result.charged_nano
+            if result.settled
+            else await self._settle(hold, result, record=record, started=started)
+        )
         if result.http_status == 499:
             record.status, record.code = 499, "client_disconnected"
 
@@ -379,6 +383,9 @@ class ChatCompletions:
             # connection, and the upstream stops generating.
             await response.aclose()
         return response, b"".join(chunks)
+
+    async def _settle_stream(self, job: StreamJob, result: StreamResult) -> int:
+        return await self._settle(job.hold, result, record=job.record, started=job.started)
 
     async def _settle(
         self, hold: Hold, result: StreamResult, *, record: RequestRecord, started: float

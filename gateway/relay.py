@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -34,6 +35,7 @@ from gateway.errors import (
 from gateway.http import DisconnectWatch
 from gateway.live import StreamFlag
 from gateway.metering import Price, nano_to_usd, usage_cost_nano
+from gateway.observability import RequestRecord
 from gateway.sse import DONE, first_rare, token_bound, well_formed
 from gateway.state import GatewayState
 from gateway.store.base import Hold, Store
@@ -93,13 +95,15 @@ class _End(Exception):
         self.error = error
 
 
-Settle = Callable[[StreamResult], Awaitable[int]]
+Settle = Callable[["StreamJob", StreamResult], Awaitable[int]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamJob:
     """One admitted streamed request, as the proxy hands it over: who, what it holds, its
-    price and prompt bound, the body for the upstream, and how to settle it."""
+    price and prompt bound, the body for the upstream (emptied once sent), and how to
+    settle it (``settle(job, result)``: one callable for every request, not a closure
+    per stream)."""
 
     principal: Principal
     hold: Hold
@@ -108,11 +112,19 @@ class StreamJob:
     model: str
     body: bytes
     settle: Settle
+    record: RequestRecord
+    started: float
 
 
 class Relay:
     def __init__(self, state: GatewayState) -> None:
         self.state = state
+        self._idle: _IdleTimers | None = None
+
+    def _idle_timers(self, loop: asyncio.AbstractEventLoop) -> _IdleTimers:
+        if self._idle is None or self._idle.loop is not loop:
+            self._idle = _IdleTimers(loop)
+        return self._idle
 
     async def run(
         self,
@@ -133,7 +145,7 @@ class Relay:
             result = StreamResult(
                 model=job.model, status="client_disconnected", http_status=499
             )
-            result.charged_nano = await job.settle(result)
+            result.charged_nano = await job.settle(job, result)
             result.settled = True
             return result
         finally:
@@ -147,6 +159,7 @@ class Relay:
         watch: DisconnectWatch,
     ) -> StreamResult:
         response = await self.state.upstream.open_chat(job.body, accept="text/event-stream")
+        job.body = b""  # sent: a stream that lasts minutes does not keep the prompt
         if response.status_code != 200 or not response.headers.get(
             "content-type", ""
         ).startswith("text/event-stream"):
@@ -155,6 +168,11 @@ class Relay:
         result = StreamResult(
             model=job.model, generation_id=response.headers.get("x-generation-id")
         )
+        # Only the byte stream is needed from here on. Dropping the response object also
+        # drops the request object, both header sets and the request body for as long as
+        # the stream lasts.
+        stream = cast(httpx.AsyncByteStream, response.stream)
+        del response
         headers = list(SSE_HEADERS)
         if result.generation_id:
             headers.append((b"x-generation-id", result.generation_id.encode("latin-1")))
@@ -172,7 +190,7 @@ class Relay:
         try:
             try:
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
-                await self._pump(response, send, flag=flag, meter=meter, result=result)
+                await self._pump(stream, send, flag=flag, meter=meter, result=result)
             except _End as stop:
                 end = stop
             except asyncio.CancelledError:
@@ -188,7 +206,7 @@ class Relay:
             # Closing an unfinished response drops the upstream connection: the
             # upstream stops generating.
             with contextlib.suppress(Exception):
-                await response.aclose()
+                await stream.aclose()
 
         if end is not None:
             result.status = end.status
@@ -198,7 +216,7 @@ class Relay:
             result.estimate_only = True
             meter.charge_estimate(result)
         metrics.stream_ends.labels(result.status).inc()
-        result.charged_nano = await job.settle(result)
+        result.charged_nano = await job.settle(job, result)
         result.settled = True
         if end is None:
             await send({"type": "http.response.body", "body": meter.final, "more_body": False})
@@ -248,7 +266,7 @@ class Relay:
 
     async def _pump(
         self,
-        response: httpx.Response,
+        stream: httpx.AsyncByteStream,
         send: Send,
         *,
         flag: StreamFlag,
@@ -261,12 +279,12 @@ class Relay:
         loop = asyncio.get_running_loop()
         pending = b""
         next_checkpoint = loop.time() + checkpoint_s
-        idle = _IdleTimer(loop, idle_s)
+        idle = _IdleTimer(self._idle_timers(loop), idle_s)
         try:
             try:
                 # The transport's byte stream itself: httpx's aiter_raw() would only
                 # wrap each read in two more generator layers.
-                async for chunk in cast(AsyncIterable[bytes], response.stream):
+                async for chunk in stream:
                     now = idle.last = loop.time()
                     buf = pending + chunk if pending else chunk
                     last = buf.rfind(b"\n\n")
@@ -331,41 +349,83 @@ class Relay:
             raise _End("upstream_error", UpstreamError("The upstream ended the stream early."))
 
 
-class _IdleTimer:
-    """Cancels the task once nothing has arrived for ``idle_s``.
+class _IdleTimers:
+    """The idle deadlines of every stream of one event loop, on one loop timer.
 
-    One timer per idle period, not one per chunk: the relay only stores the time of the
-    latest chunk in ``last``, and the timer, when it fires early, re-arms itself for the
-    rest of the period.
+    A stream stores the time of its latest chunk in its :class:`_IdleTimer` (no timer
+    work per chunk, and no timer object per stream). The one timer is due at the
+    earliest deadline any stream could have: when it fires, it cancels the streams
+    silent for their whole period and re-arms for the earliest deadline of the others.
+    Chunks only move deadlines later, so the timer is never late; a stream that starts
+    or shortens its period re-arms it earlier when needed.
     """
 
-    __slots__ = ("fired", "handle", "idle_s", "last", "loop", "task")
+    __slots__ = ("due", "handle", "loop", "timers")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, idle_s: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.timers: set[_IdleTimer] = set()
+        self.handle: asyncio.TimerHandle | None = None
+        self.due = math.inf
+
+    def add(self, timer: _IdleTimer) -> None:
+        self.timers.add(timer)
+        self.arm(timer.last + timer.idle_s)
+
+    def discard(self, timer: _IdleTimer) -> None:
+        self.timers.discard(timer)
+        if not self.timers and self.handle is not None:
+            self.handle.cancel()
+            self.handle, self.due = None, math.inf
+
+    def arm(self, due: float) -> None:
+        if due < self.due:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.due = due
+            self.handle = self.loop.call_at(due, self._sweep)
+
+    def _sweep(self) -> None:
+        self.handle, self.due = None, math.inf
+        now = self.loop.time()
+        silent: list[_IdleTimer] = []
+        soonest = math.inf
+        for timer in self.timers:
+            due = timer.last + timer.idle_s
+            if now >= due:
+                silent.append(timer)
+            elif due < soonest:
+                soonest = due
+        for timer in silent:
+            self.timers.discard(timer)
+            timer.fired = True
+            timer.task.cancel()
+        if soonest < math.inf:
+            self.arm(soonest)
+
+
+class _IdleTimer:
+    """Cancels the stream's task once nothing has arrived for ``idle_s``: the relay
+    stores the time of each chunk in ``last``; :class:`_IdleTimers` does the rest."""
+
+    __slots__ = ("fired", "idle_s", "last", "task", "timers")
+
+    def __init__(self, timers: _IdleTimers, idle_s: float) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.loop, self.task, self.idle_s = loop, task, idle_s
+        self.timers, self.task, self.idle_s = timers, task, idle_s
         self.fired = False
-        self.last = loop.time()
-        self.handle = loop.call_at(self.last + idle_s, self._check)
-
-    def _check(self) -> None:
-        due = self.last + self.idle_s
-        if self.loop.time() >= due:
-            self.fired = True
-            self.task.cancel()
-        else:
-            self.handle = self.loop.call_at(due, self._check)
+        self.last = timers.loop.time()
+        timers.add(self)
 
     def shorten(self, idle_s: float) -> None:
         """From now on, give up after ``idle_s`` of silence."""
-        self.handle.cancel()
         self.idle_s = idle_s
-        self.last = self.loop.time()
-        self.handle = self.loop.call_at(self.last + idle_s, self._check)
+        self.last = self.timers.loop.time()
+        self.timers.arm(self.last + idle_s)
 
     def stop(self) -> None:
-        self.handle.cancel()
+        self.timers.discard(self)
 
 
 class _Meter:

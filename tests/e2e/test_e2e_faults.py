@@ -3,6 +3,7 @@ ledger records them."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -179,6 +180,37 @@ def test_stream_broken_mid_way(
     true_cost = fake_cost_nano(prompt_tokens=fake_prompt_tokens("hi"), completion_tokens=3)
     assert row.cost_nano == charged >= true_cost
     assert row.cost_source == "estimate"
+
+
+def test_a_silent_stream_is_cut_while_a_slow_one_beside_it_goes_on(
+    gateway: Gateway, fake: FakeUpstream, app: AppKeys, user_id: str
+) -> None:
+    """Idle deadlines share one timer: each stream is judged by its own silence."""
+    slow_user = user_id + "-slow"
+    results: dict[str, httpx.Response] = {}
+
+    def run(name: str, user: str, body: dict[str, Any]) -> None:
+        results[name] = post(gateway, secret_headers(app, user), body)
+
+    # The slow stream lasts longer than the idle timeout, with every gap well inside it.
+    slow = threading.Thread(target=run, args=("slow", slow_user, chat_body(
+        "hi", chunks=6, gap_ms=IDLE_TIMEOUT_S * 1000 / 3, chunk_text="abc")))
+    silent = threading.Thread(target=run, args=("silent", user_id, chat_body(
+        "hi", chunks=10, fault="hang_mid_stream", fault_after=3, chunk_text="abc")))
+    slow.start()
+    silent.start()
+    slow.join(timeout=30)
+    silent.join(timeout=30)
+
+    assert content_of(data_events(results["slow"].content)) == "abc" * 6
+    assert data_events(results["slow"].content)[-1] == "[DONE]"
+    assert_gateway_tail(data_events(results["silent"].content), "upstream_timeout")
+    wait_idle(fake)
+    assert_consistent(gateway.db)
+    [row] = ledger(gateway.db, slow_user)
+    assert (row.status, row.error_code) == ("ok", None)
+    [row] = ledger(gateway.db, user_id)
+    assert (row.status, row.error_code) == ("upstream_timeout", "upstream_timeout")
 
 
 def test_sdk_raises_on_a_broken_stream(
