@@ -13,7 +13,9 @@ import itertools
 import logging
 import os
 import queue
+import signal
 import sys
+import threading
 import time
 from logging.handlers import QueueHandler, QueueListener
 from typing import Any
@@ -41,22 +43,62 @@ class _Formatter(logging.Formatter):
         return super().format(record)
 
 
+class _Writer:
+    """The thread writing queued log lines to stderr; stopping it writes what is queued."""
+
+    def __init__(self, listener: QueueListener) -> None:
+        self.listener = listener
+        self.running = False
+
+    def start(self) -> None:
+        if not self.running:
+            self.listener.start()
+            self.running = True
+
+    def stop(self) -> None:
+        if self.running:
+            self.running = False
+            self.listener.stop()
+
+
+_writer: _Writer | None = None
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """Send every log line through a queue to a writer thread, so the event loop never
-    blocks on stderr. Idempotent (each worker process calls it)."""
+    blocks on stderr. Idempotent (each worker process calls it).
+
+    A process stopped by SIGTERM dies of it once uvicorn has shut down (uvicorn raises
+    the signal again), which skips ``atexit``: where this process's SIGTERM is still the
+    default, a handler writes out what is queued first, then dies of the signal as
+    before.
+    """
+    global _writer
     root = logging.getLogger()
     if any(isinstance(h, QueueHandler) for h in root.handlers):
         return
-    writer = logging.StreamHandler(sys.stderr)
-    writer.setFormatter(_Formatter())
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(_Formatter())
     lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = QueueListener(lines, writer)
-    listener.start()
-    atexit.register(listener.stop)
+    _writer = _Writer(QueueListener(lines, stream))
+    _writer.start()
+    atexit.register(_writer.stop)
     root.handlers[:] = [QueueHandler(lines)]
     root.setLevel(level)
     # One line per upstream request would double the access log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _flush_then_die)
+
+
+def _flush_then_die(signum: int, _frame: object) -> None:
+    if _writer is not None:
+        _writer.stop()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 class RequestRecord:

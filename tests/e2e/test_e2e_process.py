@@ -119,6 +119,9 @@ def test_sigterm_lets_open_streams_finish(
     assert received.endswith(b"data: [DONE]\n\n")
     assert gateway.process is not None
     gateway.process.wait(timeout=15)
+    # The log is written out to its last line before the process dies of the signal.
+    log_lines = gateway.log.read_text().splitlines()
+    assert "Finished server process" in log_lines[-1]
 
     assert_consistent(gateway.db, timeout=0)
     [row] = ledger(gateway.db, user_id)
