@@ -131,6 +131,7 @@ def targets(
     rat: dict[str, Any],
     memory: dict[str, Any],
     cap: dict[str, Any],
+    soak: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The product's targets, judged on the medians over rounds (never asserted)."""
 
@@ -175,6 +176,10 @@ def targets(
                  "<= 30 KB", lambda v: v <= 30, "KB"),
         _verdict("gateway RSS at rest", float(gw_mem.get("rest_mb") or math.nan),
                  "<= 100 MB", lambda v: v <= 100, "MB"),
+        _verdict(f"gateway RSS growth over {int((soak or {}).get('requests', 0)):,} more "
+                 "requests (no growth: at most 1 MB, 10 bytes a request)",
+                 float((soak or {}).get("growth_mb", math.nan)), "<= 1 MB",
+                 lambda v: v <= 1.0, "MB"),
         _verdict("gateway --workers 2 / 1 worker req/s, c128", r("c128", "gateway-w2/gateway"),
                  ">= 1.6", lambda v: v >= 1.6, "x"),
         _verdict("cap overshoot (settled - cap)",
@@ -202,5 +207,6 @@ def analyse(raw: dict[str, Any]) -> dict[str, Any]:
         "summary": summary,
         "ratios": rat,
         "foreign_cores": noise(scenarios),
-        "targets": targets(summary, rat, raw.get("memory", {}), raw.get("cap", {})),
+        "targets": targets(summary, rat, raw.get("memory", {}), raw.get("cap", {}),
+                           raw.get("soak")),
     }

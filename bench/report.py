@@ -158,6 +158,16 @@ def render(
         ])
     out += _table(["path", "at rest MB", "after rounds MB", "requests before", "open streams",
                    "MB with streams open", "KB per open stream", "note"], rows)
+    soak = raw.get("soak") or {}
+    if soak.get("available"):
+        out += ["", "## Soak (gateway)", "",
+                f"After the rounds, {soak.get('warm_requests', 0):,} requests to settle in, "
+                f"then {soak.get('requests', 0):,} more 20-chunk streams at C=32 in "
+                f"{soak.get('seconds', 0):.0f} s ({soak.get('errors', 0)} errors): RSS "
+                f"{soak.get('rss_before_mb', 0):.1f} MB before, "
+                f"{soak.get('rss_after_mb', 0):.1f} MB after "
+                f"({soak.get('growth_mb', 0):+.2f} MB)."
+                + (f" Error: {soak['error']}" if soak.get("error") else "")]
     out += ["", "## Cap contention (one user, small cap, concurrent streams)", ""]
     cap = raw.get("cap", {})
     if cap.get("available"):

@@ -37,7 +37,7 @@ from bench.paths import (
     start_upstream,
 )
 from bench.procs import LineChannel, Proc, StartError, stop_loadgen, wait_idle
-from bench.scenarios import HOLD_BODY, Scenario, Suite, request_body
+from bench.scenarios import HOLD_BODY, Scenario, Suite, request_body, soak_scenario
 from bench.verify import verify_path
 
 # A measurement during which other processes used more than NOISY_CORES is taken again,
@@ -277,6 +277,33 @@ def memory_after(run: Run, memory: dict[str, Any]) -> None:
         entry["requests_served"] = run.served.get(name, 0)
 
 
+def soak(run: Run) -> dict[str, Any]:
+    """The gateway's RSS before and after ``suite.soak_requests`` more requests: memory
+    that grows with the requests served (a leak) shows here, the allocator's high-water
+    mark does not (the rounds, the C=512 scenario and the open streams reached it)."""
+    endpoint = run.endpoints.get("gateway")
+    if not run.suite.soak_requests or endpoint is None or not endpoint.available:
+        return {"available": False}
+    assert endpoint.proc is not None
+    if run.suite.soak_warm:
+        measure(run, soak_scenario(run.suite.soak_warm), endpoint)
+    before = endpoint.proc.rss_bytes() / 1e6
+    t0 = time.monotonic()
+    result = measure(run, soak_scenario(run.suite.soak_requests), endpoint)
+    seconds = time.monotonic() - t0
+    after = endpoint.proc.rss_bytes() / 1e6
+    served = int(result.get("ok", 0))
+    errors = int(sum((result.get("errors") or {}).values()))
+    out = {"available": True, "path": "gateway", "warm_requests": run.suite.soak_warm,
+           "requests": served, "errors": errors, "rss_before_mb": before,
+           "rss_after_mb": after, "growth_mb": after - before, "seconds": seconds}
+    if "failed" in result:
+        out["error"] = result["failed"]
+    log(f"soak gateway: {served:,} requests in {seconds:.0f} s, RSS {before:.1f} -> "
+        f"{after:.1f} MB")
+    return out
+
+
 def run_cap(run: Run) -> dict[str, Any]:
     """The cap contention scenario on the bench gateway and on a small-holds gateway."""
     main = run.endpoints.get("gateway")
@@ -326,6 +353,7 @@ def execute(*, suite: Suite, names: list[str], work: Path, install_litellm: bool
         raw["memory"] = memory_at_rest(run)
         raw["scenarios"] = rounds(run)
         memory_after(run, raw["memory"])
+        raw["soak"] = soak(run)
         raw["cap"] = run_cap(run)
         raw["network"] = {n: e.proc.foreign_connections() for n, e in endpoints.items()
                           if e.available and e.proc and n in PROXIED}

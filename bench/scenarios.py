@@ -107,6 +107,10 @@ class Suite:
     # worth it for the standard suite, not for the quick one (which CI runs).
     quiet_wait_s: float = 0.0
     retry_budget: int = 0
+    # The soak: requests sent to the gateway after the rounds (so the allocator has seen
+    # the suite's high-water mark), its RSS read before and after. ``soak_warm`` first.
+    soak_requests: int = 0
+    soak_warm: int = 0
 
     def with_rounds(self, rounds: int | None) -> Suite:
         return self if rounds is None else replace(self, rounds=rounds)
@@ -115,11 +119,19 @@ class Suite:
 SUITES: dict[str, Suite] = {
     "standard": Suite("standard", STANDARD, rounds=3, warmup_s=2.0,
                       hold_steps=(250, 500, 750, 1000), user_pool=1024, cap_streams=32,
-                      quiet_wait_s=20.0, retry_budget=12),
+                      quiet_wait_s=20.0, retry_budget=12, soak_requests=100_000,
+                      soak_warm=10_000),
     "quick": Suite("quick", QUICK, rounds=2, warmup_s=0.5, hold_steps=(50, 100),
-                   user_pool=64, cap_streams=32),
+                   user_pool=64, cap_streams=32, soak_requests=500, soak_warm=100),
 }
 
 # Streams held open for the memory scenario: long enough to outlast the measurement,
 # short enough to end by themselves if anything goes wrong (60 x 0.5 s = 30 s).
 HOLD_BODY = request_body(chunks=60, gap_ms=500.0)
+
+
+def soak_scenario(requests: int) -> Scenario:
+    """``requests`` 20-chunk streams at C=32, bounded in time (a slow path reports how
+    many it served)."""
+    return Scenario("soak", f"soak: {requests:,} streams, C=32", concurrency=32,
+                    duration_s=max(10.0, requests / 500), max_requests=requests)

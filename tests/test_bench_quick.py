@@ -88,6 +88,15 @@ def test_memory_scenario_held_streams_open(quick_run: tuple[dict[str, Any], Path
         assert memory[name]["rest_mb"] > 0
 
 
+def test_soak_served_its_requests(quick_run: tuple[dict[str, Any], Path]) -> None:
+    data, _ = quick_run
+    soak = data["raw"]["soak"]
+    assert soak["available"], soak
+    assert soak["requests"] == 500 and soak["errors"] == 0, soak
+    assert soak["rss_before_mb"] > 0 and soak["rss_after_mb"] > 0
+    assert any(t["name"].startswith("gateway RSS growth") for t in data["analysis"]["targets"])
+
+
 def test_cap_is_never_overshot(quick_run: tuple[dict[str, Any], Path]) -> None:
     data, _ = quick_run
     cap = data["raw"]["cap"]
