@@ -65,6 +65,7 @@ from gateway.upstream import (
     ERROR_BODY_LIMIT,
     error_from_upstream,
     error_in_body,
+    generation_id_of,
     mapped_transport_errors,
 )
 
@@ -343,7 +344,7 @@ class ChatCompletions:
                 prompt_tokens=prompt_tokens, completion_tokens=0,
             )
             result.estimate_only = True
-        result.generation_id = response.headers.get("x-generation-id")
+        result.generation_id = generation_id_of(response.headers)
         headers = {"x-generation-id": result.generation_id} if result.generation_id else None
         await send_bytes(send, status=200, body=raw, headers=headers)
         return result

@@ -43,6 +43,7 @@ from gateway.upstream import (
     ERROR_BODY_LIMIT,
     error_from_upstream,
     error_in_body,
+    generation_id_of,
     mapped_transport_errors,
 )
 
@@ -166,7 +167,7 @@ class Relay:
             await self._refuse(response)
 
         result = StreamResult(
-            model=job.model, generation_id=response.headers.get("x-generation-id")
+            model=job.model, generation_id=generation_id_of(response.headers)
         )
         # Only the byte stream is needed from here on. Dropping the response object also
         # drops the request object, both header sets and the request body for as long as
@@ -175,7 +176,7 @@ class Relay:
         del response
         headers = list(SSE_HEADERS)
         if result.generation_id:
-            headers.append((b"x-generation-id", result.generation_id.encode("latin-1")))
+            headers.append((b"x-generation-id", result.generation_id.encode()))
         assert job.principal.user_id is not None
         key = (job.principal.app.id, job.principal.user_id)
         live, metrics = self.state.live, self.state.metrics

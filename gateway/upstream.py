@@ -160,6 +160,15 @@ def error_in_body(raw: bytes) -> int | None:
     return code if isinstance(code, int) and 400 <= code < 600 else 502
 
 
+def generation_id_of(headers: httpx.Headers) -> str | None:
+    """The upstream's ``X-Generation-Id``, when it is one the gateway can pass on as a
+    header and keep in the ledger (printable ASCII); else None."""
+    value: str | None = headers.get("x-generation-id")
+    if value and len(value) <= 256 and value.isascii() and value.isprintable():
+        return value
+    return None
+
+
 class Upstream:
     """The shared client and the model list it caches (refreshed in the background)."""
 

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamTimeout
-from gateway.upstream import Upstream, mapped_transport_errors
+from gateway.upstream import Upstream, generation_id_of, mapped_transport_errors
 
 
 async def test_chat_requests_carry_the_operator_key_and_no_cookie_or_redirect() -> None:
@@ -58,3 +58,20 @@ def test_a_closed_connection_is_an_upstream_error_not_a_timeout(
     # httpx-aiohttp raises ConnectTimeout for every aiohttp connection error.
     with pytest.raises(expected), mapped_transport_errors("waiting for the response"):
         raise httpx.ConnectTimeout("mapped") from cause
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(b"gen-1764000000-abcDEF123", "gen-1764000000-abcDEF123", id="usual"),
+        pytest.param("gén-1".encode(), None, id="utf-8"),
+        pytest.param(b"gen-\xe9", None, id="latin-1"),
+        pytest.param(b"gen-\x01", None, id="control"),
+        pytest.param(b"g" * 257, None, id="too-long"),
+        pytest.param(b"", None, id="empty"),
+    ],
+)
+def test_only_a_printable_generation_id_is_passed_on(raw: bytes, expected: str | None) -> None:
+    headers = httpx.Headers([(b"x-generation-id", raw)])
+    assert generation_id_of(headers) == expected
+    assert generation_id_of(httpx.Headers()) is None
