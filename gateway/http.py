@@ -26,7 +26,7 @@ class DisconnectWatch:
     to tell this cancellation from any other, and calls ``uncancel()``.
     """
 
-    __slots__ = ("_receive", "_watcher", "armed", "gone", "task")
+    __slots__ = ("_closed", "_receive", "_watcher", "armed", "gone", "task")
 
     def __init__(self, receive: Receive) -> None:
         task = asyncio.current_task()
@@ -34,6 +34,7 @@ class DisconnectWatch:
         self.task = task
         self.armed = True
         self.gone = False
+        self._closed = False
         self._receive = receive
         self._watcher = self._listen()
 
@@ -45,7 +46,7 @@ class DisconnectWatch:
         return watcher
 
     def _received(self, watcher: asyncio.Future[Message]) -> None:
-        if watcher.cancelled() or watcher.exception() is not None:
+        if self._closed or watcher.cancelled() or watcher.exception() is not None:
             return
         if watcher.result()["type"] != "http.disconnect":
             self._watcher = self._listen()
@@ -56,6 +57,7 @@ class DisconnectWatch:
 
     def close(self) -> None:
         self.armed = False
+        self._closed = True
         self._watcher.cancel()
 
 
