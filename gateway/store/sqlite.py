@@ -67,6 +67,12 @@ T = TypeVar("T")
 
 log = logging.getLogger("wattfare.store")
 CHECKPOINT_INTERVAL_S = 1.0
+# Under steady writes a checkpoint on another connection never catches up with the log's
+# end, and the log only starts over from its beginning once one has: past this many
+# frames (4 KB pages), the writer's own thread finishes the checkpoint between batches.
+WAL_RESTART_FRAMES = 16_384
+# Once it starts over, the log file is cut back to this size.
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
 # An instance whose heartbeat is older than this is presumed dead.
 STALE_AFTER_S = 30
@@ -143,6 +149,9 @@ class SQLiteStore(AccountsMixin):
         self._pending_lock = threading.Lock()
         self._draining = False
         self._checkpointer: asyncio.Task[None] | None = None
+        self.checkpoint_interval_s = CHECKPOINT_INTERVAL_S
+        self.wal_restart_frames = WAL_RESTART_FRAMES
+        self._wal_restart_due = False  # set by the checkpointer, acted on by _drain
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -200,6 +209,7 @@ class SQLiteStore(AccountsMixin):
         # A checkpoint syncs the database file; run in a commit, it would stall every
         # request queued behind that commit. A separate connection does it instead.
         conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
         conn.execute("PRAGMA foreign_keys = ON")
 
     @staticmethod
@@ -245,17 +255,45 @@ class SQLiteStore(AccountsMixin):
 
     async def _checkpoint_loop(self) -> None:
         """Move the WAL into the database about once a second, off the serving
-        connection's thread (PASSIVE: never waits for, nor blocks, writers)."""
+        connection's thread (PASSIVE: never waits for, nor blocks, the writer).
+
+        A passive checkpoint copies the log as it was when it began. While requests keep
+        coming, the writer appends during every one, so the log is never found fully
+        copied, never starts over from its beginning, and would grow by gigabytes a day
+        (a RESTART checkpoint from here starves: the writer takes the lock back between
+        its batches). So once the log holds ``wal_restart_frames`` frames, the writer's
+        own thread runs one more checkpoint between two batches (see
+        :meth:`_finish_checkpoint`): it copies only what came since this one, and the
+        next transaction starts the log over.
+        """
         db = await aiosqlite.connect(self.path, isolation_level=None)
         try:
             while True:
-                await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+                await asyncio.sleep(self.checkpoint_interval_s)
                 try:
-                    await db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    async with db.execute("PRAGMA wal_checkpoint(PASSIVE)") as cursor:
+                        row = await cursor.fetchone()
                 except sqlite3.Error as exc:
                     log.warning("WAL checkpoint failed: %s", exc)
+                    continue
+                if row is not None and int(row[1]) >= self.wal_restart_frames:
+                    self._wal_restart_due = True
         finally:
             await db.close()
+
+    def _finish_checkpoint(self, conn: sqlite3.Connection) -> None:
+        """On the connection's thread, between transactions: copy the rest of the log, so
+        that the next transaction starts it over (and cuts the file back to
+        ``WAL_SIZE_LIMIT_BYTES``). Tried again at the next batch if another checkpoint was
+        running."""
+        self._wal_restart_due = False
+        try:
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpoint failed: %s", exc)
+            return
+        if busy or copied < frames:
+            self._wal_restart_due = True
 
     async def _batched(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a transaction committed together with whatever else is queued:
@@ -288,6 +326,8 @@ class SQLiteStore(AccountsMixin):
 
     def _drain(self, db: aiosqlite.Connection, loop: asyncio.AbstractEventLoop) -> None:
         """On the connection's thread: commit one batch, then queue the next turn."""
+        if self._wal_restart_due:
+            self._finish_checkpoint(cast(Any, db)._conn)
         with self._pending_lock:
             batch, self._pending = self._pending, []
             if not batch:
