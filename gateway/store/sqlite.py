@@ -284,15 +284,16 @@ class SQLiteStore(AccountsMixin):
     def _finish_checkpoint(self, conn: sqlite3.Connection) -> None:
         """On the connection's thread, between transactions: copy the rest of the log, so
         that the next transaction starts it over (and cuts the file back to
-        ``WAL_SIZE_LIMIT_BYTES``). Tried again at the next batch if another checkpoint was
-        running."""
+        ``WAL_SIZE_LIMIT_BYTES``). Tried again at the next batch only if another
+        checkpoint was running (that answer is immediate); a log held by a reader in
+        another process waits for the next round of the checkpointer."""
         self._wal_restart_due = False
         try:
-            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            busy = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0]
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint failed: %s", exc)
             return
-        if busy or copied < frames:
+        if busy:
             self._wal_restart_due = True
 
     async def _batched(self, fn: Callable[[sqlite3.Connection], T]) -> T:
