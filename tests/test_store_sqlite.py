@@ -381,21 +381,26 @@ async def test_money_transactions_from_many_requests_all_commit(store: SQLiteSto
     consistent(store.path)
 
 
-async def test_the_wal_starts_over_under_steady_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writers", [pytest.param(1, id="one-store"),
+                                     pytest.param(2, id="two-stores-one-file")])
+async def test_the_wal_starts_over_under_steady_writes(tmp_path: Path, writers: int) -> None:
     """Passive checkpoints alone never catch up with a writer that never pauses, and the
-    log would grow without bound; past the threshold it is made to start over."""
-    store = SQLiteStore(str(tmp_path / "steady.db"))
-    store.checkpoint_interval_s = 0.02
-    store.wal_restart_frames = 200
-    await store.open()
+    log would grow without bound; past the threshold it is made to start over, also when
+    two stores (as two workers would) write to the same file."""
+    stores = [SQLiteStore(str(tmp_path / "steady.db")) for _ in range(writers)]
+    for store in stores:
+        store.checkpoint_interval_s = 0.02
+        store.wal_restart_frames = 200
+        await store.open()
     try:
-        app = (await store.create_app(name="shop", mode="test", origins=())).app
-        wal = Path(store.path + "-wal")
+        app = (await stores[0].create_app(name="shop", mode="test", origins=())).app
+        wal = Path(stores[0].path + "-wal")
         largest = 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 2.0
 
         async def writer(n: int) -> int:
+            store = stores[n % writers]
             done = 0
             while loop.time() < deadline:
                 hold = await store.reserve(hold_request(app.id, f"u{n}", want=10, cap=10**12))
@@ -412,8 +417,9 @@ async def test_the_wal_starts_over_under_steady_writes(tmp_path: Path) -> None:
         counts, _ = await asyncio.gather(asyncio.gather(*(writer(n) for n in range(8))), watch())
         requests = sum(counts)
     finally:
-        await store.close()
-    consistent(store.path)
+        for store in stores:
+            await store.close()
+    consistent(stores[0].path)
     # Each request appends several 4 KB pages (over 10 KB): without restarts the log
     # would hold them all. It stays near the threshold instead, plus what a few
     # checkpoint periods add.

@@ -284,12 +284,20 @@ class SQLiteStore(AccountsMixin):
     def _finish_checkpoint(self, conn: sqlite3.Connection) -> None:
         """On the connection's thread, between transactions: copy the rest of the log, so
         that the next transaction starts it over (and cuts the file back to
-        ``WAL_SIZE_LIMIT_BYTES``). Tried again at the next batch only if another
-        checkpoint was running (that answer is immediate); a log held by a reader in
-        another process waits for the next round of the checkpointer."""
+        ``WAL_SIZE_LIMIT_BYTES``).
+
+        RESTART, so that a writer in another process (``--workers``) cannot append while
+        it runs, but without waiting: if that writer or another checkpoint holds the log,
+        it copies what it can, as a passive one would, and is tried again at the next
+        batch.
+        """
         self._wal_restart_due = False
         try:
-            busy = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0]
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint failed: %s", exc)
             return
