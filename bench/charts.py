@@ -27,6 +27,20 @@ def render(data: dict[str, Any], *, out_dir: Path, stem: str) -> dict[str, str]:
     written: dict[str, str] = {}
     colors = {p: f"C{i}" for i, p in enumerate(PATH_ORDER)}
 
+    def finish(fig: Any, ax: Any, *, xlabel: str, ylabel: str, title: str, suffix: str,
+               heading: str, grid_which: str = "major") -> None:
+        """Label, save as ``<stem>-<suffix>.png`` and close one chart."""
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which=grid_which, alpha=0.3)
+        ax.legend(fontsize=8)
+        name = f"{stem}-{suffix}.png"
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=90)
+        plt.close(fig)
+        written[heading] = name
+
     c1 = raw.get("scenarios", {}).get("c1")
     if c1:
         fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -40,16 +54,9 @@ def render(data: dict[str, Any], *, out_dir: Path, stem: str) -> dict[str, str]:
                 ax.plot(xs, ys, color=colors.get(path), alpha=0.8, lw=1.2,
                         label=path if i == 0 else None)
         ax.set_xscale("log")
-        ax.set_xlabel("TTFB, ms (log)")
-        ax.set_ylabel("percentile")
-        ax.set_title("TTFB distribution at C=1, 20-chunk streams (one line per round)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        name = f"{stem}-ttfb.png"
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=90)
-        plt.close(fig)
-        written["TTFB distribution per path"] = name
+        finish(fig, ax, xlabel="TTFB, ms (log)", ylabel="percentile",
+               title="TTFB distribution at C=1, 20-chunk streams (one line per round)",
+               suffix="ttfb", heading="TTFB distribution per path", grid_which="both")
 
     points = [(sid, c) for sid, c in CONCURRENCY_SCENARIOS if sid in summary]
     if len(points) >= 2:
@@ -70,16 +77,9 @@ def render(data: dict[str, Any], *, out_dir: Path, stem: str) -> dict[str, str]:
                             color=colors.get(path))
         ax.set_xscale("log", base=2)
         ax.set_xticks([c for _, c in points], [str(c) for _, c in points])
-        ax.set_xlabel("concurrent streams")
-        ax.set_ylabel("requests/s (median, min–max)")
-        ax.set_title("Throughput vs concurrency, 20-chunk streams")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        name = f"{stem}-throughput.png"
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=90)
-        plt.close(fig)
-        written["Throughput vs concurrency"] = name
+        finish(fig, ax, xlabel="concurrent streams", ylabel="requests/s (median, min–max)",
+               title="Throughput vs concurrency, 20-chunk streams", suffix="throughput",
+               heading="Throughput vs concurrency")
 
     memory = raw.get("memory", {})
     if memory:
@@ -89,14 +89,7 @@ def render(data: dict[str, Any], *, out_dir: Path, stem: str) -> dict[str, str]:
             if len(levels) >= 2:
                 ax.plot([lv[0] for lv in levels], [lv[1] for lv in levels], marker="o",
                         label=path, color=colors.get(path))
-        ax.set_xlabel("open streams")
-        ax.set_ylabel("RSS, MB")
-        ax.set_title("Memory vs open streams (process tree RSS)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        name = f"{stem}-memory.png"
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=90)
-        plt.close(fig)
-        written["Memory vs open streams"] = name
+        finish(fig, ax, xlabel="open streams", ylabel="RSS, MB",
+               title="Memory vs open streams (process tree RSS)", suffix="memory",
+               heading="Memory vs open streams")
     return written
