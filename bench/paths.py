@@ -284,6 +284,13 @@ def stop_all(procs: list[Proc]) -> None:
 
 
 
+def start_loadgen(work: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The load generator, in its own process, spoken to over its stdin and stdout."""
+    with (work / "loadgen.log").open("ab") as lg_log:
+        return subprocess.Popen([sys.executable, "-m", "bench.loadgen"], cwd=REPO, env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=lg_log)
+
+
 def bench_env() -> dict[str, str]:
     """The environment every process of a bench run gets."""
     env = {k: v for k, v in os.environ.items() if k != "WATTFARE_CONFIG"}
@@ -303,8 +310,7 @@ def under_load(
     loadgen: subprocess.Popen[bytes] | None = None
     try:
         endpoints = start_paths(names, upstream_base=base, work=work, env=env, install=False)
-        loadgen = subprocess.Popen([sys.executable, "-m", "bench.loadgen"], cwd=REPO, env=env,
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        loadgen = start_loadgen(work, env)
         yield base, endpoints, LineChannel(loadgen)
     finally:
         if loadgen is not None:

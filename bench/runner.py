@@ -28,11 +28,11 @@ import psutil
 from bench import cap
 from bench.paths import (
     PROXIED,
-    REPO,
     UPSTREAM_KEY,
     Endpoint,
     bench_env,
     start_gateway,
+    start_loadgen,
     start_paths,
     start_upstream,
 )
@@ -322,12 +322,6 @@ def run_cap(run: Run) -> dict[str, Any]:
     finally:
         if small.proc is not None:
             small.proc.stop()
-
-
-def start_loadgen(work: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with (work / "loadgen.log").open("ab") as lg_log:
-        return subprocess.Popen([sys.executable, "-m", "bench.loadgen"], cwd=REPO, env=env,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=lg_log)
 
 
 def execute(*, suite: Suite, names: list[str], work: Path, install_litellm: bool) -> dict[str, Any]:
