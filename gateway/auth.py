@@ -17,9 +17,9 @@ from __future__ import annotations
 import hmac
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import jwt
 
@@ -38,6 +38,8 @@ from gateway.tokens import AUDIENCE, MAX_LIFETIME_S, valid_user_id
 CLOCK_SKEW_S = 30
 APP_CACHE_TTL_S = 5.0
 TOKEN_CACHE_MAX = 100_000
+
+K = TypeVar("K", bound=Hashable)
 MAX_CAP_USD = 1e9
 
 CredentialKind = Literal["session", "secret", "publishable"]
@@ -83,6 +85,26 @@ def _cap_from_claims(claims: dict[str, Any]) -> int | None:
     return round(usd * NANO_PER_USD)
 
 
+async def _cached_app(
+    cache: dict[K, tuple[App | None, float]],
+    key: K,
+    *,
+    fresh: bool,
+    fetch: Callable[[K], Awaitable[App | None]],
+) -> App | None:
+    """An app (or its absence) looked up by ``fetch``, kept ``APP_CACHE_TTL_S``; ``fresh``
+    skips the cached answer."""
+    now = time.monotonic()
+    hit = cache.get(key)
+    if hit is not None and not fresh and hit[1] > now:
+        return hit[0]
+    app = await fetch(key)
+    if len(cache) > TOKEN_CACHE_MAX:
+        cache.clear()
+    cache[key] = (app, now + APP_CACHE_TTL_S)
+    return app
+
+
 class Authenticator:
     """Verifies credentials against the store's app table. One per process."""
 
@@ -126,26 +148,12 @@ class Authenticator:
     # -- app lookups (cached briefly) ---------------------------------------------------
 
     async def _app_by_pk(self, publishable_key: str, *, fresh: bool) -> App | None:
-        now = time.monotonic()
-        hit = self._apps_by_pk.get(publishable_key)
-        if hit is not None and not fresh and hit[1] > now:
-            return hit[0]
-        app = await self._store.app_by_publishable_key(publishable_key)
-        if len(self._apps_by_pk) > TOKEN_CACHE_MAX:
-            self._apps_by_pk.clear()
-        self._apps_by_pk[publishable_key] = (app, now + APP_CACHE_TTL_S)
-        return app
+        return await _cached_app(self._apps_by_pk, publishable_key, fresh=fresh,
+                                 fetch=self._store.app_by_publishable_key)
 
     async def _app_by_hash(self, digest: bytes, *, fresh: bool) -> App | None:
-        now = time.monotonic()
-        hit = self._apps_by_hash.get(digest)
-        if hit is not None and not fresh and hit[1] > now:
-            return hit[0]
-        app = await self._store.app_by_secret_hash(digest)
-        if len(self._apps_by_hash) > TOKEN_CACHE_MAX:
-            self._apps_by_hash.clear()
-        self._apps_by_hash[digest] = (app, now + APP_CACHE_TTL_S)
-        return app
+        return await _cached_app(self._apps_by_hash, digest, fresh=fresh,
+                                 fetch=self._store.app_by_secret_hash)
 
     # -- the three credentials ----------------------------------------------------------
 
