@@ -71,15 +71,23 @@ def generate_key_pair(mode: Mode) -> KeyPair:
     )
 
 
+def _key_parts(
+    key: str, pattern: re.Pattern[str], kind: str, prefix: str, holds: str
+) -> tuple[Mode, bytes]:
+    """The mode and the 32 raw bytes of a ``<prefix>_<mode>_<base64url>`` key."""
+    match = pattern.match(key)
+    if match is None:
+        raise KeyFormatError(f"not a {kind} ({prefix}_test_… or {prefix}_live_…)")
+    raw = b64url_decode(key[8:])
+    if len(raw) != 32:
+        raise KeyFormatError(f"a {kind} holds a 32-byte {holds}")
+    mode: Mode = "test" if match.group(1) == "test" else "live"
+    return mode, raw
+
+
 def parse_secret_key(secret_key: str) -> tuple[Mode, Ed25519PrivateKey]:
     """The mode and private key inside a secret key; raises KeyFormatError."""
-    match = SECRET_KEY_RE.match(secret_key)
-    if match is None:
-        raise KeyFormatError("not a secret key (sk_test_… or sk_live_…)")
-    seed = b64url_decode(secret_key[8:])
-    if len(seed) != 32:
-        raise KeyFormatError("a secret key holds a 32-byte seed")
-    mode: Mode = "test" if match.group(1) == "test" else "live"
+    mode, seed = _key_parts(secret_key, SECRET_KEY_RE, "secret key", "sk", "seed")
     return mode, Ed25519PrivateKey.from_private_bytes(seed)
 
 
@@ -91,13 +99,8 @@ def publishable_key_for(secret_key: str) -> str:
 
 def parse_publishable_key(publishable_key: str) -> tuple[Mode, Ed25519PublicKey]:
     """The mode and public key inside a publishable key; raises KeyFormatError."""
-    match = PUBLISHABLE_KEY_RE.match(publishable_key)
-    if match is None:
-        raise KeyFormatError("not a publishable key (pk_test_… or pk_live_…)")
-    raw = b64url_decode(publishable_key[8:])
-    if len(raw) != 32:
-        raise KeyFormatError("a publishable key holds a 32-byte public key")
-    mode: Mode = "test" if match.group(1) == "test" else "live"
+    mode, raw = _key_parts(publishable_key, PUBLISHABLE_KEY_RE, "publishable key", "pk",
+                           "public key")
     return mode, Ed25519PublicKey.from_public_bytes(raw)
 
 
