@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import aiosqlite
 import orjson
@@ -476,17 +476,17 @@ class SQLiteStore(AccountsMixin):
         return await self._run(roll)
 
     async def app_by_publishable_key(self, publishable_key: str) -> App | None:
-        row = await self._run(
-            lambda c: c.execute(
-                f"SELECT {_APP_COLUMNS} FROM apps WHERE publishable_key = ?", (publishable_key,)  # noqa: S608 (constant columns)
-            ).fetchone()
-        )
-        return None if row is None else _app(row)
+        return await self._app_where("publishable_key", publishable_key)
 
     async def app_by_secret_hash(self, secret_hash: bytes) -> App | None:
+        return await self._app_where("secret_hash", secret_hash)
+
+    async def _app_where(
+        self, column: Literal["publishable_key", "secret_hash"], value: str | bytes
+    ) -> App | None:
         row = await self._run(
             lambda c: c.execute(
-                f"SELECT {_APP_COLUMNS} FROM apps WHERE secret_hash = ?", (secret_hash,)  # noqa: S608 (constant columns)
+                f"SELECT {_APP_COLUMNS} FROM apps WHERE {column} = ?", (value,)  # noqa: S608 (constant columns and column name)
             ).fetchone()
         )
         return None if row is None else _app(row)
