@@ -6,8 +6,17 @@ arrive. Whatever the gateway costs beyond this process is the price of auth and 
 what this process costs beyond the direct path is the price of Python, uvicorn and the
 HTTP client, which no feature of the gateway can win back.
 
+Two shapes of it:
+
+- ``--framework starlette``: the textbook Starlette proxy, one ``Route`` whose endpoint
+  returns a ``StreamingResponse`` over the upstream's byte iterator and closes the
+  upstream response in a background task. This is the "bare Starlette passthrough" the
+  throughput targets are set against.
+- ``--framework asgi``: the same relay with no framework at all, stricter still: the
+  floor of uvicorn and the HTTP client alone.
+
 Run: ``python -m bench.floor_proxy --upstream http://127.0.0.1:N/api/v1 --port M
---client aiohttp`` (uvicorn, uvloop + httptools, one worker).
+--client aiohttp --framework starlette`` (uvicorn, uvloop + httptools, one worker).
 """
 
 from __future__ import annotations
@@ -23,6 +32,11 @@ from typing import Any, Literal, Protocol
 import aiohttp
 import httpx
 import uvicorn
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -30,6 +44,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ClientKind = Literal["httpx", "aiohttp", "httpx-aiohttp"]
 CLIENT_KINDS: tuple[ClientKind, ...] = ("httpx", "aiohttp", "httpx-aiohttp")
+Framework = Literal["starlette", "asgi"]
+FRAMEWORKS: tuple[Framework, ...] = ("starlette", "asgi")
 
 _PATH = "/v1/chat/completions"
 _NOT_FOUND = b'{"error":{"message":"not found","type":"invalid_request_error","code":"not_found"}}'
@@ -190,6 +206,36 @@ class FloorProxy:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+def starlette_app(*, kind: ClientKind, base_url: str, api_key: str) -> Starlette:
+    """The bare Starlette passthrough: a route, a ``StreamingResponse``, nothing else."""
+    upstream: Upstream | None = None
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        nonlocal upstream
+        upstream = make_upstream(kind, base_url, api_key)  # inside the running loop
+        try:
+            yield
+        finally:
+            await upstream.close()
+
+    async def chat(request: Request) -> Response:
+        assert upstream is not None
+        body = await request.body()
+        content_type = request.headers.get("content-type", "application/json").encode()
+        opened = upstream.open(body, content_type)
+        try:
+            status, ctype, it = await opened.__aenter__()
+        except (aiohttp.ClientError, httpx.HTTPError, OSError):
+            return Response(_BAD_GATEWAY, status_code=502, media_type="application/json")
+        return StreamingResponse(
+            it, status_code=status, media_type=ctype.decode("latin-1"),
+            background=BackgroundTask(opened.__aexit__, None, None, None),
+        )
+
+    return Starlette(routes=[Route(_PATH, chat, methods=["POST"])], lifespan=lifespan)
+
+
 async def _reply(send: Send, status: int, body: bytes) -> None:
     await send({
         "type": "http.response.start",
@@ -205,12 +251,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--client", choices=CLIENT_KINDS, default="aiohttp")
+    parser.add_argument("--framework", choices=FRAMEWORKS, default="starlette")
     args = parser.parse_args(argv)
-    app = FloorProxy(
-        kind=args.client,
-        base_url=args.upstream,
-        api_key=os.environ.get("OPENROUTER_API_KEY", "sk-or-bench"),
-    )
+    api_key = os.environ.get("OPENROUTER_API_KEY", "sk-or-bench")
+    app: Starlette | FloorProxy
+    if args.framework == "starlette":
+        app = starlette_app(kind=args.client, base_url=args.upstream, api_key=api_key)
+    else:
+        app = FloorProxy(kind=args.client, base_url=args.upstream, api_key=api_key)
     uvicorn.run(
         app,
         host=args.host,

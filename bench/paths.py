@@ -1,7 +1,8 @@
 """The paths under test and how each is started: one process each, on loopback.
 
 - ``direct``: the client straight to the simulated upstream.
-- ``floor-<client>``: :mod:`bench.floor_proxy` with one of its HTTP clients.
+- ``floor-<client>``: :mod:`bench.floor_proxy`, the bare Starlette passthrough, with one
+  of its HTTP clients; ``asgi-aiohttp``: the same relay in plain ASGI, no framework.
 - ``gateway`` / ``gateway-w2``: ``wattfare serve`` with one or two workers, auth and
   metering on.
 - ``litellm``: the LiteLLM proxy (see :mod:`bench.litellm_path`).
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import starlette
+
 from bench import litellm_path
 from bench.floor_proxy import CLIENT_KINDS
 from bench.procs import (
@@ -42,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 ALL_PATHS: tuple[str, ...] = (
     "direct",
     *(f"floor-{kind}" for kind in CLIENT_KINDS),
+    "asgi-aiohttp",
     "gateway",
     "gateway-w2",
     "litellm",
@@ -112,22 +116,27 @@ def start_upstream(*, work: Path, env: dict[str, str]) -> tuple[Proc, str]:
     return proc, base
 
 
-def start_floor(kind: str, *, upstream_base: str, work: Path, env: dict[str, str]) -> Endpoint:
+def start_floor(name: str, *, upstream_base: str, work: Path, env: dict[str, str]) -> Endpoint:
+    """``floor-<client>`` (Starlette) or ``asgi-<client>`` (plain ASGI)."""
     port = free_port()
-    name = f"floor-{kind}"
+    prefix, _, kind = name.partition("-")
+    framework = "asgi" if prefix == "asgi" else "starlette"
     proc = start(
         name,
         [sys.executable, "-m", "bench.floor_proxy", "--upstream", upstream_base,
-         "--port", str(port), "--client", kind],
+         "--port", str(port), "--client", kind, "--framework", framework],
         log_dir=work,
         env=env,
         cwd=REPO,
         port=port,
     )
     base = f"http://{LOOPBACK}:{port}"
+    version = "plain ASGI" if framework == "asgi" else f"Starlette {starlette.__version__}"
     return Endpoint(
         name=name, url=f"{base}/v1/chat/completions", proc=proc, ready_url=f"{base}/",
+        version=version,
     )
+
 
 
 def gateway_available() -> str:
@@ -254,9 +263,8 @@ def start_paths(
                 name=name, url=f"{upstream_base}/chat/completions",
                 headers={"Authorization": f"Bearer {UPSTREAM_KEY}"},
             )
-        elif name.startswith("floor-"):
-            kind = name.removeprefix("floor-")
-            endpoints[name] = start_floor(kind, upstream_base=upstream_base, work=work, env=env)
+        elif name.startswith(("floor-", "asgi-")):
+            endpoints[name] = start_floor(name, upstream_base=upstream_base, work=work, env=env)
         elif name in ("gateway", "gateway-w2"):
             workers = 2 if name == "gateway-w2" else 1
             endpoints[name] = start_gateway(

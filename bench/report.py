@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-PATH_ORDER = ("direct", "floor-aiohttp", "floor-httpx-aiohttp", "floor-httpx", "gateway",
-              "gateway-w2", "litellm")
+PATH_ORDER = ("direct", "asgi-aiohttp", "floor-aiohttp", "floor-httpx-aiohttp", "floor-httpx",
+              "gateway", "gateway-w2", "litellm")
 
 
 def _num(value: Any, digits: int = 2) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PATHS = ("direct", "floor-aiohttp", "floor-httpx", "floor-httpx-aiohttp", "gateway", "gateway-w2")
+PATHS = ("direct", "floor-aiohttp", "floor-httpx", "floor-httpx-aiohttp", "asgi-aiohttp",
+         "gateway", "gateway-w2")
 RELAYS = tuple(p for p in PATHS if p != "direct")
 TIMEOUT_S = 300
 
