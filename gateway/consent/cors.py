@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -76,10 +76,11 @@ class BrowserGuard:
         self._state = state
         self._origins = _Origins()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A request with no Origin (a backend, the SDKs) goes straight to the app: the
+        # app's coroutine is returned, so this layer keeps no frame for a stream's life.
         if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         origin = authorization = request_method = None
         for name, value in scope["headers"]:
             if name == b"origin":
@@ -90,8 +91,23 @@ class BrowserGuard:
                 request_method = value
         state = self._state()
         if origin is None or state is None:
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._browser(
+            scope, receive, send, state=state, origin=origin, authorization=authorization,
+            request_method=request_method,
+        )
+
+    async def _browser(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        state: GatewayState,
+        origin: str,
+        authorization: str | None,
+        request_method: bytes | None,
+    ) -> None:
         origins = self._origins
         await origins.refresh(state, miss=False)
         if origin not in origins.all:
