@@ -197,7 +197,7 @@ def serve(settings: Settings, *, workers: int) -> None:
     else:
         from gateway.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
+        uvicorn.run(create_app(settings, tune_gc=True), **common)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
