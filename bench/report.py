@@ -119,6 +119,13 @@ def render(
         out += ["", "A 0 means the path completed no request before the measurement's bound "
                 "(its duration + 10 s), when the requests still in flight are cut: "
                 + "; ".join(stalled) + "."]
+    skipped = [
+        f"{entry['scenario']['title']}: {', '.join(entry['scenario']['skip'])} "
+        f"({entry['scenario'].get('skip_reason') or 'skipped'})"
+        for entry in raw.get("scenarios", {}).values() if entry["scenario"].get("skip")
+    ]
+    if skipped:
+        out += ["", "Not run (a dash in every table): " + "; ".join(skipped) + "."]
     out += ["", "## Added latency over the direct path, ms (same round)", ""]
     for metric, label in (("added_ttfb_p50", "TTFB p50"), ("added_ttfb_p99", "TTFB p99"),
                           ("added_first_content_p50", "first content p50"),
@@ -129,7 +136,7 @@ def render(
         out += ["", f"**{label}**", ""]
         out += _metric_table(data, all_sids, metric)
     out += ["", "## Over the floor: a path minus floor-aiohttp, same round", "",
-            "What the path costs beyond the cheapest proxy this stack can be.", ""]
+            "What the path costs beyond the bare Starlette passthrough.", ""]
     for metric, label in (("over_floor_ttfb_p50", "TTFB p50, ms"),
                           ("over_floor_ttfb_p99", "TTFB p99, ms"),
                           ("over_floor_gap_p99", "inter-chunk gap p99, ms"),

@@ -197,7 +197,7 @@ def rounds(run: Run) -> dict[str, Any]:
             per_path: dict[str, Any] = {}
             for name in order:
                 endpoint = run.endpoints[name]
-                if not endpoint.available:
+                if not endpoint.available or name in scenario.skip:
                     continue
                 result = measure(run, scenario, endpoint)
                 if result.get("foreign_cores", 0.0) > NOISY_CORES and run.retries > 0:

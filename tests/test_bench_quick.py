@@ -105,3 +105,25 @@ def test_cap_is_never_overshot(quick_run: tuple[dict[str, Any], Path]) -> None:
     for label, variant in cap["variants"].items():
         assert variant["every_stream_ended_well"], (label, variant["outcomes"])
         assert variant["overshoot_nano"] == 0, (label, variant)
+
+
+def test_skipped_paths_are_real_paths_with_a_reason() -> None:
+    from bench.paths import ALL_PATHS
+    from bench.scenarios import SUITES
+
+    for suite in SUITES.values():
+        for scenario in suite.scenarios:
+            assert set(scenario.skip) <= set(ALL_PATHS), scenario.id
+            assert not scenario.skip or scenario.skip_reason, scenario.id
+
+
+def test_the_report_says_which_paths_a_scenario_skipped(
+    quick_run: tuple[dict[str, Any], Path],
+) -> None:
+    from bench.report import render
+
+    data = json.loads(json.dumps(quick_run[0]))
+    scenario = data["raw"]["scenarios"]["c32"]
+    scenario["scenario"].update(skip=["litellm"], skip_reason="it only timed out")
+    text = render(data, charts={}, title="t")
+    assert "Not run (a dash in every table): 20 chunks, C=32: litellm (it only timed out)." in text
