@@ -188,12 +188,12 @@ def serving_gc() -> Iterator[None]:
     A request's objects die by reference count, not by the collector. Yet with the
     default first threshold (700 net allocations) the objects of a few hundred open
     streams keep starting collections, and every so often a full one that walks all the
-    process's objects: at C=128 in ``bench/``, 1,300 collections took 1.3 s per 15,000
-    requests (about 9% of the CPU), the full ones 40 ms each, every stream stalled
-    meanwhile. So, once started: what exists now (modules, the app, its caches) lives as
-    long as the process and is frozen out of every collection, and the first threshold
-    is 10,000. Cyclic garbage still goes, a little later (each collection then found
-    next to none).
+    process's objects. Under ``python -m bench.cpu --concurrency 128`` the collector took
+    10% of the gateway's CPU (1,400 collections in 14 s of CPU), and a full collection
+    up to 48 ms, every stream stalled meanwhile. So, once started: what exists now
+    (modules, the app, its caches) lives as long as the process and is frozen out of
+    every collection, and the first threshold is 10,000. The same load then spent 1.4%
+    of the CPU in the collector. Cyclic garbage still goes, a little later.
     """
     before = gc.get_threshold()
     gc.collect()
