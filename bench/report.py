@@ -120,12 +120,13 @@ def render(
                 "(its duration + 10 s), when the requests still in flight are cut: "
                 + "; ".join(stalled) + "."]
     skipped = [
-        f"{entry['scenario']['title']}: {', '.join(entry['scenario']['skip'])} "
-        f"({entry['scenario'].get('skip_reason') or 'skipped'})"
+        f"{', '.join(entry['scenario']['skip'])} in {entry['scenario']['title']}"
+        + (f": {entry['scenario']['skip_reason']}" if entry["scenario"].get("skip_reason")
+           else "")
         for entry in raw.get("scenarios", {}).values() if entry["scenario"].get("skip")
     ]
     if skipped:
-        out += ["", "Not run (a dash in every table): " + "; ".join(skipped) + "."]
+        out += ["", "Not run (a dash in every table): " + ". ".join(skipped) + "."]
     out += ["", "## Added latency over the direct path, ms (same round)", ""]
     for metric, label in (("added_ttfb_p50", "TTFB p50"), ("added_ttfb_p99", "TTFB p99"),
                           ("added_first_content_p50", "first content p50"),

@@ -126,4 +126,4 @@ def test_the_report_says_which_paths_a_scenario_skipped(
     scenario = data["raw"]["scenarios"]["c32"]
     scenario["scenario"].update(skip=["litellm"], skip_reason="it only timed out")
     text = render(data, charts={}, title="t")
-    assert "Not run (a dash in every table): 20 chunks, C=32: litellm (it only timed out)." in text
+    assert "Not run (a dash in every table): litellm in 20 chunks, C=32: it only timed out." in text
