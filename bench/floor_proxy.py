@@ -1,12 +1,11 @@
-"""The floor: the cheapest proxy this stack can be.
+"""The floors: bare passthroughs, no auth and no metering.
 
-A bare passthrough in plain ASGI, no auth and no metering: it forwards
-``POST /v1/chat/completions`` to the upstream and relays the response bytes as they
-arrive. Whatever the gateway costs beyond this process is the price of auth and metering;
-what this process costs beyond the direct path is the price of Python, uvicorn and the
-HTTP client, which no feature of the gateway can win back.
+Each forwards ``POST /v1/chat/completions`` to the upstream and relays the response bytes
+as they arrive. Whatever the gateway costs beyond such a process is the price of auth and
+metering; what the process costs beyond the direct path is the price of Python, uvicorn,
+the framework and the HTTP client.
 
-Two shapes of it:
+Two shapes:
 
 - ``--framework starlette``: the textbook Starlette proxy, one ``Route`` whose endpoint
   returns a ``StreamingResponse`` over the upstream's byte iterator and closes the
