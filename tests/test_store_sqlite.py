@@ -421,8 +421,10 @@ async def test_the_wal_starts_over_under_steady_writes(tmp_path: Path, writers: 
             await store.close()
     consistent(stores[0].path)
     # Each request appends several 4 KB pages (over 10 KB): without restarts the log
-    # would hold them all. It stays near the threshold instead, plus what a few
-    # checkpoint periods add.
+    # would hold them all. It stays near the threshold instead, plus what the writers
+    # append until a restart gets its turn: under 0.5 KB a request here, 1.1 KB once on
+    # a busy CI machine (the fewer requests a busy machine serves, the more that tail
+    # weighs per request). A quarter of the no-restart size tells the two apart.
     assert requests > 500, requests
     assert largest < 32 * 1024 * 1024, (largest, requests)
-    assert largest < requests * 1024, (largest, requests)
+    assert largest < requests * 10 * 1024 // 4, (largest, requests)
