@@ -138,7 +138,6 @@ def start_floor(name: str, *, upstream_base: str, work: Path, env: dict[str, str
     )
 
 
-
 def gateway_available() -> str:
     """Empty when the gateway can be served, else why not."""
     for module in ("gateway.app", "gateway.cli"):
