@@ -6,12 +6,18 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from starlette.types import Message
+from starlette.types import Message, Receive
 
 from gateway.http import DisconnectWatch
 from gateway.relay import _IdleTimer, _IdleTimers
 
 pytestmark = pytest.mark.asyncio
+
+
+def _client() -> tuple[asyncio.Queue[Message], Receive]:
+    """What the server's ``receive`` will hand over: the test puts the messages."""
+    messages: asyncio.Queue[Message] = asyncio.Queue()
+    return messages, messages.get
 
 
 async def _stream(timers: _IdleTimers, idle_s: float, *, chunk_every: float | None,
@@ -86,10 +92,7 @@ async def test_shortening_a_period_rearms_the_shared_timer_earlier() -> None:
 
 
 async def test_disconnect_watch_cancels_its_task_once_the_client_leaves() -> None:
-    messages: asyncio.Queue[Message] = asyncio.Queue()
-
-    async def receive() -> Message:
-        return await messages.get()
+    messages, receive = _client()
 
     gone = asyncio.Event()
 
@@ -117,10 +120,7 @@ async def test_disconnect_watch_cancels_its_task_once_the_client_leaves() -> Non
 
 
 async def test_disconnect_watch_disarmed_cancels_nothing() -> None:
-    messages: asyncio.Queue[Message] = asyncio.Queue()
-
-    async def receive() -> Message:
-        return await messages.get()
+    messages, receive = _client()
 
     async def handler() -> bool:
         watch = DisconnectWatch(receive)
