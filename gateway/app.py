@@ -189,7 +189,7 @@ def serving_gc() -> Iterator[None]:
     default first threshold (700 net allocations) the objects of a few hundred open
     streams keep starting collections, and every so often a full one that walks all the
     process's objects. Under ``python -m bench.cpu --concurrency 128`` the collector took
-    10% of the gateway's CPU (1,400 collections in 14 s of CPU), and a full collection
+    10% of the gateway's CPU (1,500 collections in 14 s of CPU), and a full collection
     up to 48 ms, every stream stalled meanwhile. So, once started: what exists now
     (modules, the app, its caches) lives as long as the process and is frozen out of
     every collection, and the first threshold is 10,000. The same load then spent 1.4%

@@ -38,9 +38,9 @@ from gateway.tokens import AUDIENCE, MAX_LIFETIME_S, valid_user_id
 CLOCK_SKEW_S = 30
 APP_CACHE_TTL_S = 5.0
 TOKEN_CACHE_MAX = 100_000
+MAX_CAP_USD = 1e9
 
 K = TypeVar("K", bound=Hashable)
-MAX_CAP_USD = 1e9
 
 CredentialKind = Literal["session", "secret", "publishable"]
 
