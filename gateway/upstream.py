@@ -2,9 +2,9 @@
 place where upstream failures become gateway errors.
 
 The client keeps httpx's API. Its transport is chosen by configuration, and by default
-is aiohttp's (through ``httpx-aiohttp``): httpx's own connection pool scans every pooled
-connection per request, so its throughput falls as concurrency rises (bench/ measures
-both).
+is aiohttp's (through ``httpx-aiohttp``, with the shorter per-request path of
+:mod:`gateway.transport`): httpx's own connection pool scans every pooled connection per
+request, so its throughput falls as concurrency rises (bench/ measures both).
 
 Chat completions go straight to the client's transport with a request built here. The
 client's own pipeline (cookie jar, auth flow, redirects, event hooks) is what a proxy
@@ -51,9 +51,9 @@ def make_transport(settings: UpstreamSettings) -> httpx.AsyncBaseTransport:
         keepalive_expiry=30.0,
     )
     if settings.transport == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
+        from gateway.transport import FastAiohttpTransport
 
-        return AiohttpTransport(limits=limits)
+        return FastAiohttpTransport(limits=limits)
     return httpx.AsyncHTTPTransport(limits=limits)
 
 
