@@ -21,22 +21,32 @@ class StreamFlag:
 
 class LiveStreams:
     def __init__(self) -> None:
-        self._by_connection: dict[ConnectionKey, set[StreamFlag]] = {}
+        # A list per connection, not a set: a connection rarely has more than a few
+        # streams open, and a one-item list is a quarter of a one-item set's size.
+        self._by_connection: dict[ConnectionKey, list[StreamFlag]] = {}
         self.count = 0
 
     def open(self, key: ConnectionKey) -> StreamFlag:
         flag = StreamFlag()
-        self._by_connection.setdefault(key, set()).add(flag)
+        flags = self._by_connection.get(key)
+        if flags is None:
+            self._by_connection[key] = [flag]
+        else:
+            flags.append(flag)
         self.count += 1
         return flag
 
     def close(self, key: ConnectionKey, flag: StreamFlag) -> None:
         flags = self._by_connection.get(key)
-        if flags is not None and flag in flags:
-            flags.discard(flag)
-            self.count -= 1
-            if not flags:
-                del self._by_connection[key]
+        if flags is None:
+            return
+        for i, open_flag in enumerate(flags):
+            if open_flag is flag:
+                del flags[i]
+                self.count -= 1
+                if not flags:
+                    del self._by_connection[key]
+                return
 
     def revoke(self, key: ConnectionKey) -> int:
         """Flag every open stream of ``key``; returns how many."""

@@ -223,14 +223,14 @@ class ChatCompletions:
         payload = bytes(memoryview(orjson.dumps(body)))
         # Neither the caller's bytes nor their parsed form are needed from here on; a
         # stream can last minutes, so its frame does not keep them.
-        del raw, body
-        req.body = {}
+        model, stream = req.model, req.stream
+        del raw, body, req
         started = time.perf_counter()
         try:
-            if req.stream:
+            if stream:
                 job = StreamJob(
                     principal=principal, hold=hold, price=price, prompt_tokens=prompt_tokens,
-                    model=req.model, body=payload, settle=self._settle_job, record=record,
+                    model=model, body=payload, settle=self._settle_job, record=record,
                     started=started,
                 )
                 del payload  # the relay lets go of it once sent
@@ -238,7 +238,7 @@ class ChatCompletions:
             else:
                 result = await self._complete(receive, send, body=payload,
                                               price=price, prompt_tokens=prompt_tokens,
-                                              model=req.model)
+                                              model=model)
         except GatewayError as exc:
             # Refused before anything was relayed: nothing to charge.
             await asyncio.shield(self._release(

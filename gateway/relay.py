@@ -174,9 +174,6 @@ class Relay:
         # the stream lasts.
         stream = cast(httpx.AsyncByteStream, response.stream)
         del response
-        headers = list(SSE_HEADERS)
-        if result.generation_id:
-            headers.append((b"x-generation-id", result.generation_id.encode()))
         assert job.principal.user_id is not None
         key = (job.principal.app.id, job.principal.user_id)
         live, metrics = self.state.live, self.state.metrics
@@ -190,7 +187,10 @@ class Relay:
         end: _End | None = None
         try:
             try:
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                # The head's headers are built in the call: no local keeps them (and the
+                # request id the access log adds) for the life of the stream.
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": _sse_headers(result.generation_id)})
                 await self._pump(stream, send, flag=flag, meter=meter, result=result)
             except _End as stop:
                 end = stop
@@ -559,6 +559,13 @@ class _Meter:
             cost, source, p, c = usage_cost_nano(usage, self.price)
             result.set_cost(cost=cost, source=source, prompt_tokens=p, completion_tokens=c)
             self.saw_usage = True
+
+
+def _sse_headers(generation_id: str | None) -> list[tuple[bytes, bytes]]:
+    headers = list(SSE_HEADERS)
+    if generation_id:
+        headers.append((b"x-generation-id", generation_id.encode()))
+    return headers
 
 
 def _revoked() -> ConnectionRevoked:
