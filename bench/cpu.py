@@ -28,7 +28,7 @@ from bench.scenarios import HOLD_BODY, Scenario
 BENCH = Path(__file__).resolve().parent
 
 
-Sample = tuple[float, float, int, float, float, float]
+Sample = tuple[float, float, int, float, float, float, float]
 
 
 def thread_seconds(pid: int) -> dict[str, float]:
@@ -45,7 +45,7 @@ def thread_seconds(pid: int) -> dict[str, float]:
 
 def measure(channel: LineChannel, endpoint: Endpoint, scenario: Scenario) -> Sample:
     """(CPU µs per request, req/s, errors, TTFB p99 ms, gap p99 between chunks ms, gap
-    p99 before ``[DONE]`` ms) for one load run against one path."""
+    p99 before ``[DONE]`` ms, TTFB p50 ms) for one load run against one path."""
     assert endpoint.proc is not None
     spec = {"url": endpoint.url, "headers": endpoint.headers,
             "user_header": endpoint.user_header, "user_prefix": "cpu-", "user_pool": 1024,
@@ -64,9 +64,10 @@ def measure(channel: LineChannel, endpoint: Endpoint, scenario: Scenario) -> Sam
     rps = float(result.get("rps", 0.0))
     errors = int(sum((result.get("errors") or {}).values()))
     ttfb = float(result.get("ttfb_ms", {}).get("p99", float("nan")))
+    ttfb_p50 = float(result.get("ttfb_ms", {}).get("p50", float("nan")))
     gap = float(result.get("chunk_gap_ms", {}).get("p99", float("nan")))
     done_wait = float(result.get("done_wait_ms", {}).get("p99", float("nan")))
-    return (after - before) * 1e6 / done, rps, errors, ttfb, gap, done_wait
+    return (after - before) * 1e6 / done, rps, errors, ttfb, gap, done_wait, ttfb_p50
 
 
 def hold_memory(channel: LineChannel, endpoint: Endpoint, streams: int) -> tuple[float, float]:
@@ -158,10 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             rps = statistics.median(s[1] for s in samples[name])
             errors = sum(s[2] for s in samples[name])
             ttfb = statistics.median(s[3] for s in samples[name])
+            ttfb_p50 = statistics.median(s[6] for s in samples[name])
             gap = statistics.median(s[4] for s in samples[name])
             done_wait = statistics.median(s[5] for s in samples[name])
             print(f"  {name:22s} {cpu:6.0f} µs CPU/request  {rps:6.0f} req/s  "
-                  f"TTFB p99 {ttfb:6.2f} ms  gap p99 {gap:6.2f} ms  "
+                  f"TTFB p50 {ttfb_p50:5.2f} p99 {ttfb:6.2f} ms  gap p99 {gap:6.2f} ms  "
                   f"before [DONE] p99 {done_wait:6.2f} ms  errors {errors}")
             print(f"  {'':22s} busiest threads (last round): {endpoints[name].extra['threads']}")
             print(f"  {'':22s} CPU µs/request by round: "
