@@ -31,10 +31,12 @@ from httpx_aiohttp.transport import map_aiohttp_exceptions
 from multidict import CIMultiDict
 from yarl import URL
 
-# Bounds of the caches of strings and URLs seen before: a gateway sends a handful of
-# distinct ones; per-request values (Content-Length) fill the rest and then go uncached.
+# Bounds of the caches of what was seen before: a gateway sends a handful of distinct
+# header strings, URLs and timeout settings; per-request values (Content-Length) fill
+# the rest of the strings' cache and are decoded anew once it is full.
 _MAX_STRINGS = 512
 _MAX_URLS = 64
+_MAX_TIMEOUTS = 16
 
 
 class ResponseStream(httpx.AsyncByteStream):
@@ -95,7 +97,7 @@ class FastAiohttpTransport(AiohttpTransport):
         found = self._timeouts.get(key)
         if found is None:
             found = aiohttp.ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
-            if len(self._timeouts) < _MAX_URLS:
+            if len(self._timeouts) < _MAX_TIMEOUTS:
                 self._timeouts[key] = found
         return found
 
