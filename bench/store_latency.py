@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import functools
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import uvloop
 
+from bench.procs import start
 from bench.stats import quantile
 from gateway.store.base import Hold, HoldRequest, Settlement, period_of
 from gateway.store.sqlite import SQLiteStore
@@ -98,21 +98,16 @@ async def _measure(store: SQLiteStore, app_id: str, *, requests: int, first: int
 
 
 @contextlib.contextmanager
-def busy_neighbour() -> Iterator[None]:
+def busy_neighbour(log_dir: Path) -> Iterator[None]:
     """A busy loop in its own process (bounded in time), stopped by its PID."""
     code = (f"import time\nend = time.monotonic() + {BUSY_LIMIT_S}\n"
             "while time.monotonic() < end:\n    pass\n")
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    proc = start("busy-neighbour", [sys.executable, "-c", code], log_dir=log_dir)
     try:
         time.sleep(0.3)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.stop(timeout_s=5)
 
 
 async def run(requests: int, out: Callable[[str], None]) -> None:
@@ -124,7 +119,7 @@ async def run(requests: int, out: Callable[[str], None]) -> None:
             await _measure(store, app.id, requests=200, first=0)  # warm-up
             results = {}
             results["alone"] = await _measure(store, app.id, requests=requests, first=10**6)
-            with busy_neighbour():
+            with busy_neighbour(Path(tmp)):
                 results["busy neighbour"] = await _measure(
                     store, app.id, requests=requests, first=2 * 10**6
                 )
