@@ -34,7 +34,7 @@ import uvloop
 
 from bench.procs import start
 from bench.stats import quantile
-from gateway.store.base import Hold, HoldRequest, Settlement, period_of
+from gateway.store.base import Hold, HoldRequest, Settlement
 from gateway.store.sqlite import SQLiteStore
 
 BUSY_LIMIT_S = 120.0
@@ -43,7 +43,7 @@ BUSY_LIMIT_S = 120.0
 def _hold_request(app_id: str, i: int) -> HoldRequest:
     return HoldRequest(
         request_id=f"lat-{i}", app_id=app_id, user_id=f"user-{i % 100}", key_version=1,
-        period=period_of(time.time()), model="m", want_nano=1_000_000, min_nano=1_000,
+        model="m", want_nano=1_000_000, min_nano=1_000,
         auto_connect=True, requested_cap_nano=None, default_cap_nano=10**15,
     )
 

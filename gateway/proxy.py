@@ -59,7 +59,6 @@ from gateway.store.base import (
     Revoked,
     Settlement,
     StaleCredential,
-    period_of,
 )
 from gateway.upstream import (
     ERROR_BODY_LIMIT,
@@ -272,7 +271,6 @@ class ChatCompletions:
                     app_id=app.id,
                     user_id=principal.user_id,
                     key_version=app.key_version,
-                    period=period_of(time.time()),
                     model=model,
                     want_nano=want,
                     min_nano=minimum,

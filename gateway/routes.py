@@ -143,7 +143,7 @@ async def get_connection(request: Request) -> Response:
     principal = await authenticate(request, USER_ROUTES, need_user=True)
     state = state_of(request)
     assert principal.user_id is not None
-    conn = await state.store.connection(principal.app.id, principal.user_id, period_of(time.time()))
+    conn = await state.store.connection(principal.app.id, principal.user_id)
     return json_response(_connection_json(principal, conn))
 
 
@@ -155,7 +155,7 @@ async def delete_connection(request: Request) -> Response:
     key = (principal.app.id, principal.user_id)
     if not await state.revoke(*key):
         raise NotConnected("This user has no connection to this app.")
-    conn = await state.store.connection(*key, period_of(time.time()))
+    conn = await state.store.connection(*key)
     return json_response(_connection_json(principal, conn))
 
 

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from gateway.config import StoreSettings
-from gateway.store.base import Store
+from gateway.store.base import (
+    AccountStore,
+    AppStore,
+    ChatStore,
+    MeteringStore,
+    SecretStore,
+    Store,
+)
 from gateway.store.sqlite import SQLiteStore
 
 
@@ -14,4 +21,13 @@ def make_store(settings: StoreSettings) -> Store:
     raise ValueError(f"store.backend: unknown backend {settings.backend!r}")
 
 
-__all__ = ["SQLiteStore", "Store", "make_store"]
+__all__ = [
+    "AccountStore",
+    "AppStore",
+    "ChatStore",
+    "MeteringStore",
+    "SQLiteStore",
+    "SecretStore",
+    "Store",
+    "make_store",
+]

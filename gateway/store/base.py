@@ -1,17 +1,31 @@
-"""The store interface: everything the gateway keeps, behind one protocol.
+"""The store interface: everything the gateway keeps, behind protocols split by concern.
+
+- :class:`MeteringStore`: connections and the money moving through holds;
+- :class:`AppStore`: apps and their keys;
+- :class:`AccountStore`: end-user accounts, browser sessions, consent links, the dashboard;
+- :class:`SecretStore`: secrets the gateway generates for itself;
+- :class:`Store`: all of them, with the life cycle (open, close, heartbeat).
+
+The chat path depends on the first two only.
 
 Money is integer nano-USD throughout. A request moves money in three steps:
 
-1. :meth:`Store.reserve` takes a *hold* against the connection's cap for the month
-   (refusing with ``spend_cap_reached`` when not even the minimum fits);
-2. :meth:`Store.extend` grows the hold while a stream runs, and records how much the
-   stream has used so far (a checkpoint that survives a crash);
-3. :meth:`Store.settle` turns the hold into a charge and one ledger row, atomically.
+1. :meth:`MeteringStore.reserve` takes a *hold* against the connection's cap for the
+   month (refusing with ``spend_cap_reached`` when not even the minimum fits); the month
+   is the store's own (the database's clock where there is a server);
+2. :meth:`MeteringStore.extend` grows the hold while a stream runs, and records how much
+   the stream has used so far (a checkpoint that survives a crash);
+3. :meth:`MeteringStore.settle` turns the hold into a charge and one ledger row,
+   atomically; or :meth:`MeteringStore.defer` keeps the hold, with the finished
+   request's settlement, until the upstream's own record of its cost can be read
+   (:meth:`MeteringStore.claim_lookups`, :meth:`MeteringStore.retry_lookup`).
 
 Holds whose process died are charged their last checkpoint by
-:meth:`Store.reconcile_stale_holds`. Invariant, whatever the concurrency: a connection's
+:meth:`MeteringStore.reconcile_stale_holds`, or looked up like deferred ones when the
+upstream named the generation. Invariant, whatever the concurrency: a connection's
 settled total for a month never exceeds its cap; what the upstream reports beyond that is
-recorded in the ledger as the operator's.
+recorded in the ledger as the operator's. The arithmetic is :mod:`gateway.store.rules`,
+shared by every backend.
 
 A connection approved by an end user belongs to their *account*, whose monthly budget
 covers all its connections. Such a request is charged against both, in the same
@@ -24,6 +38,7 @@ charged against their cap alone.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -120,7 +135,6 @@ class HoldRequest:
     app_id: str
     user_id: str
     key_version: int
-    period: str
     model: str
     want_nano: int
     min_nano: int
@@ -135,7 +149,7 @@ class HoldRequest:
 class Hold:
     id: str
     amount_nano: int
-    period: str
+    period: str  # the month it is charged to, by the store's clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +166,7 @@ class Settlement:
     request_id: str
     model: str
     cost_nano: int
-    cost_source: str  # "upstream" | "tokens" | "estimate"
+    cost_source: str  # one of COST_SOURCES
     prompt_tokens: int
     completion_tokens: int
     status: str  # "ok", "cut_cap", "cut_revoked", "client_disconnected", "upstream_error", …
@@ -161,6 +175,27 @@ class Settlement:
     ttfb_ms: float | None
     duration_ms: float
     generation_id: str | None
+    # Who paid the upstream: "operator", or "account:<id>" for a user-funded request.
+    funded_by: str = "operator"
+
+
+# Where a ledger row's cost came from: the upstream's usage report, its record of the
+# generation looked up afterwards, tokens × the configured price, the gateway's running
+# estimate, or a crashed request's last checkpoint.
+COST_SOURCES = ("upstream", "generation", "tokens", "estimate", "reconciled")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingLookup:
+    """A deferred hold claimed by this instance: the upstream's record of
+    ``generation_id`` is to be read, and the hold settled to it, or to ``fallback`` when
+    the look-up gives up. ``attempts`` counts the look-ups tried so far."""
+
+    hold_id: str
+    request_id: str
+    generation_id: str
+    attempts: int
+    fallback: Settlement
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +224,7 @@ class LedgerRow:
     duration_ms: float
     generation_id: str | None
     created_at: int
+    funded_by: str = "operator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,42 +301,85 @@ class RequestSummary:
     created_at: int
 
 
+# A hold of this instance older than this, whose request is no longer live, is an orphan.
+ORPHAN_AFTER_S = 60
+
+
 def period_of(epoch_s: float) -> str:
     """The calendar month (UTC) a moment falls in, as ``YYYY-MM``."""
     t = time.gmtime(epoch_s)
     return f"{t.tm_year:04d}-{t.tm_mon:02d}"
 
 
-class Store(Protocol):
-    """What every backend provides. All methods are safe to call concurrently."""
+class MeteringStore(Protocol):
+    """Connections and the money moving through holds: what the chat path charges."""
 
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def ping(self) -> None: ...
+    async def connection(
+        self, app_id: str, user_id: str, period: str | None = None
+    ) -> ConnectionState | None:
+        """The connection and its spend in ``period`` (None: the store's current month)."""
+        ...
 
-    # apps and keys
+    async def revoke(self, app_id: str, user_id: str) -> bool: ...
+    async def revocations_since(self, seq: int) -> tuple[int, list[tuple[str, str]]]: ...
+
+    async def reserve(self, req: HoldRequest) -> Hold: ...
+    async def extend(self, hold_id: str, *, add_nano: int, used_nano: int) -> Extension: ...
+
+    async def note_generation(self, hold_id: str, generation_id: str) -> None:
+        """Keep the upstream's generation id with the hold, for a look-up after a crash."""
+        ...
+
+    async def settle(self, settlement: Settlement) -> Charge | None:
+        """Charge the hold and write its ledger row; None if it is settled already."""
+        ...
+
+    async def defer(self, settlement: Settlement, *, retry_in_s: float) -> None:
+        """The request is over but its cost awaits the upstream's record: the hold stays
+        (the cap stays safe), ``settlement`` is kept with it as the fall-back, durably,
+        and a look-up is due in ``retry_in_s`` (by the store's clock)."""
+        ...
+
+    async def claim_lookups(self, *, limit: int, lease_s: float) -> list[PendingLookup]:
+        """Up to ``limit`` deferred holds whose look-up is due (this instance's or any
+        other's), and the holds of dead instances that have a generation id (deferred
+        now, their fall-back the last checkpoint, ``cost_source`` "reconciled"). Claimed
+        holds move to this instance and are not due again for ``lease_s``, so no two
+        instances work on one at once."""
+        ...
+
+    async def retry_lookup(self, hold_id: str, *, retry_in_s: float) -> None:
+        """A look-up failed: try again in ``retry_in_s`` (one more attempt counted)."""
+        ...
+
+    async def reconcile_stale_holds(self, *, live_request_ids: Collection[str] = ()) -> int:
+        """Settle to their last checkpoint ("reconciled") the holds of dead instances
+        that have no generation id, and this instance's own holds that are neither
+        deferred, nor of a request in ``live_request_ids``, and older than
+        ``ORPHAN_AFTER_S`` (with a generation id, those are deferred for a look-up
+        instead). Returns how many holds it settled or deferred."""
+        ...
+
+    async def open_holds(self) -> int:
+        """How many holds exist (of every instance)."""
+        ...
+
+    async def ledger(self, app_id: str, user_id: str, *, limit: int = 100) -> list[LedgerRow]: ...
+
+
+class AppStore(Protocol):
+    """Apps and their keys."""
+
     async def create_app(self, *, name: str, mode: Mode, origins: tuple[str, ...]) -> NewApp: ...
     async def list_apps(self) -> list[App]: ...
     async def roll_key(self, app: str) -> NewApp: ...
     async def app_by_publishable_key(self, publishable_key: str) -> App | None: ...
     async def app_by_secret_hash(self, secret_hash: bytes) -> App | None: ...
 
-    # connections
-    async def connection(
-        self, app_id: str, user_id: str, period: str
-    ) -> ConnectionState | None: ...
-    async def revoke(self, app_id: str, user_id: str) -> bool: ...
-    async def revocations_since(self, seq: int) -> tuple[int, list[tuple[str, str]]]: ...
 
-    # money
-    async def reserve(self, req: HoldRequest) -> Hold: ...
-    async def extend(self, hold_id: str, *, add_nano: int, used_nano: int) -> Extension: ...
-    async def settle(self, settlement: Settlement) -> Charge | None: ...
-    async def reconcile_stale_holds(self) -> int: ...
-    async def heartbeat(self) -> None: ...
-    async def ledger(self, app_id: str, user_id: str, *, limit: int = 100) -> list[LedgerRow]: ...
+class AccountStore(Protocol):
+    """End-user accounts, their browser sessions, consent links and the dashboard."""
 
-    # end-user accounts and their browser sessions
     async def create_account(
         self, *, email: str, password_hash: str, budget_nano: int
     ) -> Account: ...
@@ -348,5 +427,23 @@ class Store(Protocol):
         """``(app_id, "YYYY-MM-DD", cost_nano)`` per app and UTC day since ``since``."""
         ...
 
-    # the gateway's own secrets (generated on first use, then kept)
+
+class SecretStore(Protocol):
+    """The gateway's own secrets (generated on first use, then kept)."""
+
     async def secret(self, name: str, *, size: int = 32) -> bytes: ...
+
+
+class ChatStore(MeteringStore, AppStore, Protocol):
+    """What the chat path needs: apps and keys, and the money."""
+
+
+class Store(MeteringStore, AppStore, AccountStore, SecretStore, Protocol):
+    """What every backend provides. All methods are safe to call concurrently."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+    async def heartbeat(self) -> None:
+        """Renew this instance's lease: its holds are its own while it lives."""
+        ...

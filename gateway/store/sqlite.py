@@ -37,30 +37,9 @@ import aiosqlite
 import orjson
 
 from gateway.keys import Mode, generate_key_pair, secret_key_hash
-from gateway.store.base import (
-    App,
-    CapReached,
-    Charge,
-    ConnectionState,
-    Extension,
-    Hold,
-    HoldRequest,
-    LedgerRow,
-    NewApp,
-    NoConnection,
-    Revoked,
-    Settlement,
-    StaleCredential,
-    StoreError,
-    UnknownApp,
-)
-from gateway.store.sqlite_accounts import (
-    AccountsMixin,
-    account_hold,
-    account_room,
-    account_settle,
-    transaction,
-)
+from gateway.store.base import App, NewApp, StoreError, UnknownApp
+from gateway.store.sqlite_accounts import AccountsMixin, transaction
+from gateway.store.sqlite_money import MeteringMixin
 from gateway.store.sqlite_schema import MIGRATIONS
 
 T = TypeVar("T")
@@ -132,13 +111,22 @@ def _deliver(futures: list[asyncio.Future[Any]], outcomes: list[tuple[bool, Any]
             future.set_exception(value)
 
 
-class SQLiteStore(AccountsMixin):
-    """:class:`gateway.store.base.Store` on one SQLite file (its end-user half:
+class SQLiteStore(MeteringMixin, AccountsMixin):
+    """:class:`gateway.store.base.Store` on one SQLite file (its money half:
+    :mod:`gateway.store.sqlite_money`; its end-user half:
     :mod:`gateway.store.sqlite_accounts`)."""
 
-    def __init__(self, path: str, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout_ms: int = 5000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
+        # The store's clock: the month a hold is charged to, look-ups' due times, leases.
+        self.clock = clock
         self.instance_id = uuid.uuid4().hex
         self._db: aiosqlite.Connection | None = None
         self._registered = False
@@ -233,7 +221,7 @@ class SQLiteStore(AccountsMixin):
             raise
 
     def _register_instance(self, conn: sqlite3.Connection) -> None:
-        now = int(time.time())
+        now = int(self.clock())
         conn.execute(
             "INSERT INTO instances (id, pid, host, proc_start, started_at, heartbeat_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
@@ -400,18 +388,41 @@ class SQLiteStore(AccountsMixin):
         await self._run(lambda c: c.execute("SELECT 1").fetchone())
 
     async def heartbeat(self) -> None:
-        now = int(time.time())
+        now = int(self.clock())
         await self._run(
             lambda c: c.execute(
                 "UPDATE instances SET heartbeat_at = ? WHERE id = ?", (now, self.instance_id)
             )
         )
 
+    def _instances(self, conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
+        """The ids of the registered instances that live (this one first) and of those
+        that are gone: a heartbeat older than ``STALE_AFTER_S``, or a process of this
+        host that no longer runs."""
+        now = self.clock()
+        host = socket.gethostname()
+        live, dead = [self.instance_id], list[str]()
+        for inst_id, pid, inst_host, started, beat in conn.execute(
+            "SELECT id, pid, host, proc_start, heartbeat_at FROM instances WHERE id != ?",
+            (self.instance_id,),
+        ).fetchall():
+            gone = beat < now - STALE_AFTER_S or (
+                inst_host == host and not _process_alive(pid, started)
+            )
+            (dead if gone else live).append(inst_id)
+        return live, dead
+
+    def _live_instances(self, conn: sqlite3.Connection) -> list[str]:
+        return self._instances(conn)[0]
+
+    def _dead_instances(self, conn: sqlite3.Connection) -> list[str]:
+        return self._instances(conn)[1]
+
     # -- apps and keys --------------------------------------------------------------------
 
     async def create_app(self, *, name: str, mode: Mode, origins: tuple[str, ...]) -> NewApp:
         keys = generate_key_pair(mode)
-        now = int(time.time())
+        now = int(self.clock())
         app = App(
             id="app_" + uuid.uuid4().hex[:20],
             name=name,
@@ -490,285 +501,3 @@ class SQLiteStore(AccountsMixin):
             ).fetchone()
         )
         return None if row is None else _app(row)
-
-    # -- connections ----------------------------------------------------------------------
-
-    async def connection(self, app_id: str, user_id: str, period: str) -> ConnectionState | None:
-        def read(conn: sqlite3.Connection) -> ConnectionState | None:
-            row = conn.execute(
-                "SELECT c.status, c.cap_nano, COALESCE(s.settled_nano, 0), "
-                "COALESCE(s.held_nano, 0), c.account_id FROM connections c LEFT JOIN spend s "
-                "ON s.app_id = c.app_id AND s.user_id = c.user_id AND s.period = ? "
-                "WHERE c.app_id = ? AND c.user_id = ?",
-                (period, app_id, user_id),
-            ).fetchone()
-            if row is None:
-                return None
-            return ConnectionState(
-                app_id=app_id, user_id=user_id, status=row[0], cap_nano=row[1],
-                settled_nano=row[2], held_nano=row[3], period=period,
-                account_room_nano=None if row[4] is None else account_room(conn, row[4], period),
-            )
-
-        return await self._run(read)
-
-    async def revoke(self, app_id: str, user_id: str) -> bool:
-        def revoke(conn: sqlite3.Connection) -> bool:
-            def body() -> bool:
-                now = int(time.time())
-                cur = conn.execute(
-                    "UPDATE connections SET status = 'revoked', updated_at = ? "
-                    "WHERE app_id = ? AND user_id = ? AND status != 'revoked'",
-                    (now, app_id, user_id),
-                )
-                if cur.rowcount:
-                    conn.execute(
-                        "INSERT INTO events (kind, app_id, user_id, created_at) "
-                        "VALUES ('revoked', ?, ?, ?)",
-                        (app_id, user_id, now),
-                    )
-                    return True
-                exists = conn.execute(
-                    "SELECT 1 FROM connections WHERE app_id = ? AND user_id = ?",
-                    (app_id, user_id),
-                ).fetchone()
-                return exists is not None
-
-            return transaction(conn, body)
-
-        return await self._run(revoke)
-
-    async def revocations_since(self, seq: int) -> tuple[int, list[tuple[str, str]]]:
-        rows = await self._run(
-            lambda c: c.execute(
-                "SELECT seq, app_id, user_id FROM events WHERE seq > ? AND kind = 'revoked' "
-                "ORDER BY seq LIMIT 1000",
-                (seq,),
-            ).fetchall()
-        )
-        if not rows:
-            if seq < 0:
-                top = await self._run(
-                    lambda c: c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-                )
-                return int(top[0]), []
-            return seq, []
-        return int(rows[-1][0]), [(r[1], r[2]) for r in rows]
-
-    # -- money ----------------------------------------------------------------------------
-
-    async def reserve(self, req: HoldRequest) -> Hold:
-        return await self._batched(lambda c: self._reserve(c, req))
-
-    def _reserve(self, conn: sqlite3.Connection, req: HoldRequest) -> Hold:
-        """Every refusal is raised before anything is written (the batch relies on it)."""
-        now = int(time.time())
-        # The app, its connection to this user and this month's spend: one read.
-        row = conn.execute(
-            "SELECT a.key_version, a.status, c.cap_nano, c.status, c.account_id, "
-            "s.settled_nano, s.held_nano FROM apps a "
-            "LEFT JOIN connections c ON c.app_id = a.id AND c.user_id = ? "
-            "LEFT JOIN spend s ON s.app_id = a.id AND s.user_id = ? AND s.period = ? "
-            "WHERE a.id = ?",
-            (req.user_id, req.user_id, req.period, req.app_id),
-        ).fetchone()
-        if row is None or row[1] != "active" or row[0] != req.key_version:
-            raise StaleCredential(req.app_id)
-        _, _, cap, status, account_id, settled, held = row
-        connect = update_cap = False
-        if status is None:
-            if not req.auto_connect:
-                raise NoConnection(req.user_id)
-            connect = True
-            cap = (
-                req.requested_cap_nano
-                if req.requested_cap_nano is not None
-                else req.default_cap_nano
-            )
-        elif status == "revoked":
-            raise Revoked(req.user_id)
-        elif (
-            req.auto_connect
-            and account_id is None  # a cap a person chose is theirs to change
-            and req.requested_cap_nano is not None
-            and req.requested_cap_nano != cap
-        ):
-            # Test mode approves whatever cap the session asks for, again.
-            cap, update_cap = req.requested_cap_nano, True
-        remaining = max(0, cap - (settled or 0) - (held or 0))
-        budget_binds = False
-        if account_id is not None:
-            room = account_room(conn, account_id, req.period)
-            budget_binds = room < remaining
-            remaining = min(remaining, room)
-        # A free model's minimum is 0: it is admitted even with nothing left.
-        if remaining < req.min_nano:
-            raise CapReached(remaining, budget=budget_binds)
-        amount = min(req.want_nano, remaining)
-        if connect:
-            conn.execute(
-                "INSERT INTO connections (app_id, user_id, cap_nano, status, created_at, "
-                "updated_at) VALUES (?, ?, ?, 'connected', ?, ?)",
-                (req.app_id, req.user_id, cap, now, now),
-            )
-        elif update_cap:
-            conn.execute(
-                "UPDATE connections SET cap_nano = ?, updated_at = ? "
-                "WHERE app_id = ? AND user_id = ?",
-                (cap, now, req.app_id, req.user_id),
-            )
-        hold_id = "hold_" + req.request_id  # request ids are unique
-        conn.execute(
-            "INSERT INTO holds (id, request_id, app_id, user_id, period, model, amount_nano, "
-            "used_nano, instance_id, created_at, updated_at, account_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
-            (hold_id, req.request_id, req.app_id, req.user_id, req.period, req.model,
-             amount, self.instance_id, now, now, account_id),
-        )
-        if account_id is not None:
-            account_hold(conn, account_id, req.period, amount)
-        conn.execute(
-            "INSERT INTO spend (app_id, user_id, period, settled_nano, held_nano) "
-            "VALUES (?, ?, ?, 0, ?) ON CONFLICT (app_id, user_id, period) "
-            "DO UPDATE SET held_nano = held_nano + excluded.held_nano",
-            (req.app_id, req.user_id, req.period, amount),
-        )
-        return Hold(id=hold_id, amount_nano=amount, period=req.period)
-
-    async def extend(self, hold_id: str, *, add_nano: int, used_nano: int) -> Extension:
-        def body(conn: sqlite3.Connection) -> Extension:
-            row = conn.execute(
-                "SELECT h.app_id, h.user_id, h.period, c.cap_nano, c.status, "
-                "s.settled_nano, s.held_nano, h.account_id FROM holds h "
-                "JOIN connections c ON c.app_id = h.app_id AND c.user_id = h.user_id "
-                "JOIN spend s ON s.app_id = h.app_id AND s.user_id = h.user_id "
-                "AND s.period = h.period WHERE h.id = ?",
-                (hold_id,),
-            ).fetchone()
-            if row is None:
-                return Extension(granted_nano=0, revoked=False)
-            app_id, user_id, period, cap, status, settled, held, account_id = row
-            revoked = status == "revoked"
-            room = cap - settled - held
-            if account_id is not None and not revoked:
-                room = min(room, account_room(conn, account_id, period))
-            grant = 0 if revoked else max(0, min(add_nano, room))
-            conn.execute(
-                "UPDATE holds SET amount_nano = amount_nano + ?, used_nano = MAX(used_nano, ?), "
-                "updated_at = ? WHERE id = ?",
-                (grant, max(0, used_nano), int(time.time()), hold_id),
-            )
-            if grant:
-                conn.execute(
-                    "UPDATE spend SET held_nano = held_nano + ? "
-                    "WHERE app_id = ? AND user_id = ? AND period = ?",
-                    (grant, app_id, user_id, period),
-                )
-                if account_id is not None:
-                    account_hold(conn, account_id, period, grant)
-            return Extension(granted_nano=grant, revoked=revoked)
-
-        return await self._batched(body)
-
-    async def settle(self, settlement: Settlement) -> Charge | None:
-        return await self._batched(lambda c: self._settle(c, settlement))
-
-    @staticmethod
-    def _settle(
-        conn: sqlite3.Connection,
-        s: Settlement,
-    ) -> Charge | None:
-        row = conn.execute(
-            "SELECT h.app_id, h.user_id, h.period, h.amount_nano, "
-            "COALESCE(c.cap_nano, 0), s.settled_nano, s.held_nano, h.account_id FROM holds h "
-            "LEFT JOIN connections c ON c.app_id = h.app_id AND c.user_id = h.user_id "
-            "JOIN spend s ON s.app_id = h.app_id AND s.user_id = h.user_id "
-            "AND s.period = h.period WHERE h.id = ?",
-            (s.hold_id,),
-        ).fetchone()
-        if row is None:
-            return None  # settled already: settling is idempotent
-        app_id, user_id, period, amount, cap, settled, held, account_id = row
-        others_held = max(0, held - amount)
-        allowed = max(0, cap - settled - others_held)
-        if account_id is not None:
-            allowed = min(allowed, account_room(conn, account_id, period, releasing=amount))
-        cost = max(0, s.cost_nano)
-        charged = min(cost, allowed)
-        operator = cost - charged
-        conn.execute("DELETE FROM holds WHERE id = ?", (s.hold_id,))
-        conn.execute(
-            "UPDATE spend SET held_nano = MAX(0, held_nano - ?), settled_nano = settled_nano + ? "
-            "WHERE app_id = ? AND user_id = ? AND period = ?",
-            (amount, charged, app_id, user_id, period),
-        )
-        if account_id is not None:
-            account_settle(conn, account_id, period, released=amount, charged=charged)
-        conn.execute(
-            "INSERT INTO ledger (request_id, app_id, user_id, period, model, prompt_tokens, "
-            "completion_tokens, cost_nano, upstream_cost_nano, operator_nano, cost_source, "
-            "status, http_status, error_code, ttfb_ms, duration_ms, generation_id, created_at, "
-            "account_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (s.request_id, app_id, user_id, period, s.model, s.prompt_tokens,
-             s.completion_tokens, charged, cost, operator, s.cost_source,
-             s.status, s.http_status, s.error_code, s.ttfb_ms, s.duration_ms,
-             s.generation_id, int(time.time()), account_id),
-        )
-        return Charge(charged_nano=charged, operator_nano=operator)
-
-    async def reconcile_stale_holds(self) -> int:
-        """Charge holds whose process is gone their last checkpoint; returns how many."""
-
-        def body(conn: sqlite3.Connection) -> int:
-            now = int(time.time())
-            host = socket.gethostname()
-            dead: list[str] = []
-            for inst_id, pid, inst_host, started, beat in conn.execute(
-                "SELECT id, pid, host, proc_start, heartbeat_at FROM instances WHERE id != ?",
-                (self.instance_id,),
-            ).fetchall():
-                if beat < now - STALE_AFTER_S or (
-                    inst_host == host and not _process_alive(pid, started)
-                ):
-                    dead.append(inst_id)
-            holds = conn.execute(
-                "SELECT id, request_id, model, used_nano, created_at, instance_id FROM holds "
-                "WHERE instance_id != ? AND instance_id NOT IN "
-                "(SELECT id FROM instances WHERE id != ?)",
-                (self.instance_id, self.instance_id),
-            ).fetchall()
-            for inst_id in dead:
-                holds += conn.execute(
-                    "SELECT id, request_id, model, used_nano, created_at, instance_id "
-                    "FROM holds WHERE instance_id = ?",
-                    (inst_id,),
-                ).fetchall()
-            for hold_id, request_id, model, used, created, _ in holds:
-                SQLiteStore._settle(
-                    conn,
-                    Settlement(
-                        hold_id=hold_id, request_id=request_id, model=model, cost_nano=used,
-                        cost_source="reconciled", prompt_tokens=0, completion_tokens=0,
-                        status="reconciled", http_status=0, error_code="process_lost",
-                        ttfb_ms=None, duration_ms=float(max(0, now - created) * 1000),
-                        generation_id=None,
-                    ),
-                )
-            for inst_id in dead:
-                conn.execute("DELETE FROM instances WHERE id = ?", (inst_id,))
-            return len(holds)
-
-        return await self._run(lambda c: transaction(c, lambda: body(c)))
-
-    async def ledger(self, app_id: str, user_id: str, *, limit: int = 100) -> list[LedgerRow]:
-        rows = await self._run(
-            lambda c: c.execute(
-                "SELECT request_id, app_id, user_id, period, model, prompt_tokens, "
-                "completion_tokens, cost_nano, upstream_cost_nano, operator_nano, cost_source, "
-                "status, http_status, error_code, ttfb_ms, duration_ms, generation_id, "
-                "created_at FROM ledger WHERE app_id = ? AND user_id = ? "
-                "ORDER BY id DESC LIMIT ?",
-                (app_id, user_id, limit),
-            ).fetchall()
-        )
-        return [LedgerRow(*r) for r in rows]

@@ -1,10 +1,8 @@
 """The SQLite store's end-user side: accounts, browser sessions, consent links, the
-dashboard's queries, and the account half of the money transactions.
+dashboard's queries, and the gateway's secrets.
 
 :class:`AccountsMixin` is part of :class:`gateway.store.sqlite.SQLiteStore`; it lives in
-its own module to keep each file readable in one sitting. The ``account_*`` functions
-below run inside the store's reserve/extend/settle transactions (on the connection's
-thread, between ``BEGIN IMMEDIATE`` and ``COMMIT``).
+its own module to keep each file readable in one sitting.
 """
 
 from __future__ import annotations
@@ -50,45 +48,6 @@ def transaction(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
             conn.execute("ROLLBACK")
         raise
     return result
-
-
-# -- the account half of reserve / extend / settle ----------------------------------------
-
-def account_room(
-    conn: sqlite3.Connection, account_id: str, period: str, *, releasing: int = 0
-) -> int:
-    """What remains of the account's budget this period: the budget less what is settled
-    and held, not counting ``releasing`` of the held total (a hold being settled)."""
-    row = conn.execute(
-        "SELECT a.budget_nano, COALESCE(s.settled_nano, 0), COALESCE(s.held_nano, 0) "
-        "FROM accounts a LEFT JOIN account_spend s ON s.account_id = a.id AND s.period = ? "
-        "WHERE a.id = ?",
-        (period, account_id),
-    ).fetchone()
-    if row is None:
-        return 0
-    budget, settled, held = row
-    return int(max(0, budget - settled - max(0, held - releasing)))
-
-
-def account_hold(conn: sqlite3.Connection, account_id: str, period: str, amount: int) -> None:
-    """Add ``amount`` to the account's held total for the period."""
-    conn.execute(
-        "INSERT INTO account_spend (account_id, period, settled_nano, held_nano) "
-        "VALUES (?, ?, 0, ?) ON CONFLICT (account_id, period) "
-        "DO UPDATE SET held_nano = held_nano + excluded.held_nano",
-        (account_id, period, amount),
-    )
-
-
-def account_settle(
-    conn: sqlite3.Connection, account_id: str, period: str, *, released: int, charged: int
-) -> None:
-    conn.execute(
-        "UPDATE account_spend SET held_nano = MAX(0, held_nano - ?), "
-        "settled_nano = settled_nano + ? WHERE account_id = ? AND period = ?",
-        (released, charged, account_id, period),
-    )
 
 
 class AccountsMixin:

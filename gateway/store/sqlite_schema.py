@@ -139,4 +139,15 @@ MIGRATIONS: tuple[str, ...] = (
         created_at INTEGER NOT NULL
     );
     """,
+    # 3: the upstream's generation id kept with its hold as soon as it is known; a finished
+    # request whose cost awaits the upstream's record keeps its hold, with the settlement
+    # to fall back on and when its next look-up is due; who paid the upstream.
+    """
+    ALTER TABLE holds ADD COLUMN generation_id TEXT;
+    ALTER TABLE holds ADD COLUMN settlement TEXT;
+    ALTER TABLE holds ADD COLUMN due_at REAL;
+    ALTER TABLE holds ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX holds_due ON holds (due_at) WHERE settlement IS NOT NULL;
+    ALTER TABLE ledger ADD COLUMN funded_by TEXT NOT NULL DEFAULT 'operator';
+    """,
 )
