@@ -29,3 +29,11 @@ class GatewayState:
             return False
         self.live.revoke((app_id, user_id))
         return True
+
+    async def delete_account(self, account_id: str) -> int:
+        """Delete an end user's account (see ``Store.delete_account``) and cut the open
+        streams of its connections in this process at once; how many it revoked."""
+        revoked = await self.store.delete_account(account_id)
+        for key in revoked:
+            self.live.revoke(key)
+        return len(revoked)

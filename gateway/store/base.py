@@ -305,6 +305,35 @@ class RequestSummary:
 ORPHAN_AFTER_S = 60
 
 
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One ledger row of an account, for its owner's export: ``seq`` orders the rows
+    and pages through them (:meth:`Store.account_usage`)."""
+
+    seq: int
+    request_id: str
+    created_at: int
+    app_id: str
+    app_name: str
+    user_id: str
+    period: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_nano: int
+    status: str
+
+
+# What a deleted account's password hash becomes: no hash, so no password matches it.
+DELETED_PASSWORD_HASH = "!deleted"  # noqa: S105 (not a hash of anything)
+
+
+def deleted_email(account_id: str) -> str:
+    """What a deleted account's email becomes: unique, and never an address (no "@"),
+    so nobody signs in as it and the address is free for a new account."""
+    return "deleted:" + account_id
+
+
 def period_of(epoch_s: float) -> str:
     """The calendar month (UTC) a moment falls in, as ``YYYY-MM``."""
     t = time.gmtime(epoch_s)
@@ -391,6 +420,23 @@ class AccountStore(Protocol):
     ) -> None: ...
     async def account_by_web_session(self, token_hash: bytes, *, now: int) -> Account | None: ...
     async def delete_web_session(self, token_hash: bytes) -> None: ...
+    async def end_web_sessions(self, account_id: str) -> int:
+        """Sign the account out of every browser; how many sessions ended."""
+        ...
+    async def set_password(self, account_id: str, password_hash: str) -> int:
+        """Replace the account's password hash and end all its browser sessions, in one
+        transaction (a stolen session does not outlive a password change); how many
+        sessions ended."""
+        ...
+    async def delete_account(self, account_id: str) -> list[tuple[str, str]]:
+        """Delete an account, in one transaction: every connection of it is revoked
+        (recorded as revocation events, as :meth:`revoke` does), its browser sessions
+        end, and its email and password hash are erased (:func:`deleted_email`,
+        :data:`DELETED_PASSWORD_HASH`). The money record stays: its ledger rows, budget
+        and monthly totals are the operator's and the apps' accounting, and a request
+        still running settles against the budget it was admitted under. Returns the
+        ``(app_id, user_id)`` of the connections it revoked."""
+        ...
 
     # consent links
     async def create_consent(
@@ -425,6 +471,13 @@ class AccountStore(Protocol):
         self, account_id: str, *, since: int
     ) -> list[tuple[str, str, int]]:
         """``(app_id, "YYYY-MM-DD", cost_nano)`` per app and UTC day since ``since``."""
+        ...
+
+    async def account_usage(
+        self, account_id: str, *, after: int = 0, limit: int = 1000, period: str | None = None
+    ) -> list[UsageRow]:
+        """The account's ledger rows with ``seq`` above ``after``, oldest first, at most
+        ``limit``; only the month ``period`` (``YYYY-MM``) when given."""
         ...
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from gateway.store.base import (
+    DELETED_PASSWORD_HASH,
     Account,
     AccountConnection,
     AccountExists,
@@ -22,6 +23,8 @@ from gateway.store.base import (
     Consent,
     ConsentGone,
     RequestSummary,
+    UsageRow,
+    deleted_email,
 )
 
 T = TypeVar("T")
@@ -149,6 +152,53 @@ class AccountsMixin:
         await self._run(
             lambda c: c.execute("DELETE FROM web_sessions WHERE token_hash = ?", (token_hash,))
         )
+
+    async def end_web_sessions(self, account_id: str) -> int:
+        return await self._run(
+            lambda c: c.execute(
+                "DELETE FROM web_sessions WHERE account_id = ?", (account_id,)
+            ).rowcount
+        )
+
+    async def set_password(self, account_id: str, password_hash: str) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "UPDATE accounts SET password_hash = ?, updated_at = ? WHERE id = ?",
+                (password_hash, int(time.time()), account_id),
+            )
+            cur = conn.execute("DELETE FROM web_sessions WHERE account_id = ?", (account_id,))
+            return int(cur.rowcount)
+
+        return await self._run(lambda c: transaction(c, lambda: body(c)))
+
+    async def delete_account(self, account_id: str) -> list[tuple[str, str]]:
+        def body(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            now = int(time.time())
+            revoked = [
+                (str(r[0]), str(r[1])) for r in conn.execute(
+                    "SELECT app_id, user_id FROM connections "
+                    "WHERE account_id = ? AND status != 'revoked'",
+                    (account_id,),
+                ).fetchall()
+            ]
+            conn.execute(
+                "UPDATE connections SET status = 'revoked', updated_at = ? "
+                "WHERE account_id = ? AND status != 'revoked'",
+                (now, account_id),
+            )
+            conn.executemany(
+                "INSERT INTO events (kind, app_id, user_id, created_at) "
+                "VALUES ('revoked', ?, ?, ?)",
+                [(app_id, user_id, now) for app_id, user_id in revoked],
+            )
+            conn.execute("DELETE FROM web_sessions WHERE account_id = ?", (account_id,))
+            conn.execute(
+                "UPDATE accounts SET email = ?, password_hash = ?, updated_at = ? WHERE id = ?",
+                (deleted_email(account_id), DELETED_PASSWORD_HASH, now, account_id),
+            )
+            return revoked
+
+        return await self._run(lambda c: transaction(c, lambda: body(c)))
 
     # -- consent links ----------------------------------------------------------------------
 
@@ -280,6 +330,21 @@ class AccountsMixin:
             ).fetchall()
         )
         return [(r[0], r[1], int(r[2])) for r in rows]
+
+    async def account_usage(
+        self, account_id: str, *, after: int = 0, limit: int = 1000, period: str | None = None
+    ) -> list[UsageRow]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT l.id, l.request_id, l.created_at, l.app_id, COALESCE(a.name, ''), "
+                "l.user_id, l.period, l.model, l.prompt_tokens, l.completion_tokens, "
+                "l.cost_nano, l.status FROM ledger l LEFT JOIN apps a ON a.id = l.app_id "
+                "WHERE l.account_id = ? AND l.id > ? AND (? IS NULL OR l.period = ?) "
+                "ORDER BY l.id LIMIT ?",
+                (account_id, after, period, period, limit),
+            ).fetchall()
+        )
+        return [UsageRow(*r) for r in rows]
 
     # -- secrets ----------------------------------------------------------------------------
 
