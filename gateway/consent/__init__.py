@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from gateway.consent import accounts, assets, connect, dashboard
+from gateway.consent import accounts, assets, connect, dashboard, export, profile
 from gateway.consent.cors import BrowserGuard
 from gateway.consent.web import ConsentState, open_consent
 
@@ -25,7 +25,14 @@ def consent_routes() -> list[Route]:
         Route("/signout", accounts.signout, methods=["POST"]),
         Route("/dashboard", dashboard.dashboard, methods=["GET"]),
         Route("/dashboard/cap", dashboard.set_cap, methods=["POST"]),
+        Route("/dashboard/budget", dashboard.set_budget, methods=["POST"]),
+        Route("/dashboard/revoke", dashboard.confirm_revoke, methods=["GET"]),
         Route("/dashboard/revoke", dashboard.revoke, methods=["POST"]),
+        Route("/dashboard/usage.csv", export.usage_csv, methods=["GET"]),
+        Route("/account", profile.page, methods=["GET"]),
+        Route("/account/password", profile.change_password, methods=["POST"]),
+        Route("/account/signout-everywhere", profile.signout_everywhere, methods=["POST"]),
+        Route("/account/delete", profile.delete_account, methods=["POST"]),
         Route("/sdk/wattfare.js", assets.sdk, methods=["GET"]),
         Route("/static/wattfare.css", assets.stylesheet, methods=["GET"]),
     ]

@@ -1,8 +1,8 @@
 """``/dashboard``: a person's budget, their connected apps, what each spent, and the
-controls that matter (change a cap, revoke in one click).
+controls that matter (change the budget or a cap, revoke after a confirmation).
 
-Revoking goes through the store's ``revoke`` (which records an event other processes
-poll, cutting their open streams) and flags this process's streams at once.
+Revoking goes through :meth:`GatewayState.revoke`, which records an event other processes
+poll (cutting their open streams) and flags this process's streams at once.
 """
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ NOTICES = {
     "revoked": "Revoked. The app can no longer spend from your budget; "
                "anything it was generating was stopped.",
     "cap": "Cap updated.",
+    "budget": "Budget updated.",
+    "budget_below": "Budget updated. It is below what your apps spent this month, so they "
+                    "cannot spend more until next month (or until you raise it).",
 }
 MAX_CAP_USD = 1_000_000.0
 CHART_DAYS = 30
 REQUESTS_PER_APP = 5
+FORGED = "That request did not come from this page, so nothing was changed."
 
 
 async def _view(
@@ -59,7 +63,7 @@ async def _view(
     notice = NOTICES.get(request.query_params.get("notice", ""))
     return await render(
         request, "dashboard.html", status=status, spend=spend, cards=cards, notice=notice,
-        error=error, period=period,
+        error=error, period=period, max_usd=MAX_CAP_USD,
         connected=sum(1 for c in connections if c.status == "connected"),
     )
 
@@ -73,33 +77,62 @@ async def dashboard(request: Request) -> Response:
 
 
 async def _owned(
-    request: Request, account: Account, form: dict[str, str]
+    request: Request, account: Account, names: Any
 ) -> AccountConnection | None:
+    """The account's connection that ``names`` (a form or the query) points at."""
     store = gateway_of(request).store
     for conn in await store.account_connections(account.id, period_of(time.time())):
-        if conn.app_id == form.get("app_id") and conn.user_id == form.get("user_id"):
+        if conn.app_id == names.get("app_id") and conn.user_id == names.get("user_id"):
             return conn
     return None
 
 
-async def _named_connection(
-    request: Request,
-) -> tuple[Account, dict[str, str], AccountConnection] | Response:
-    """For a dashboard form: the signed-in account, its form (CSRF-checked) and the
-    account's connection the form names; else the response that refuses."""
+async def _checked_form(request: Request) -> tuple[Account, dict[str, str]] | Response:
+    """For a dashboard form: the signed-in account and its CSRF-checked form; else the
+    response that refuses."""
     account, _ = await session_of(request)
     if account is None:
         return redirect("/signin?next=/dashboard")
     form = await read_form(request)
     if not await form_ok(request, form):
-        return await _view(
-            request, account, status=403,
-            error="That request did not come from this page, so nothing was changed.",
-        )
+        return await _view(request, account, status=403, error=FORGED)
+    return account, form
+
+
+async def _named_connection(
+    request: Request,
+) -> tuple[Account, dict[str, str], AccountConnection] | Response:
+    """For a form about one connection: the account, its form, and the account's
+    connection the form names; else the response that refuses."""
+    checked = await _checked_form(request)
+    if isinstance(checked, Response):
+        return checked
+    account, form = checked
     conn = await _owned(request, account, form)
     if conn is None:
         return await _view(request, account, status=404, error="No such connected app.")
     return account, form, conn
+
+
+def _usd(text: str) -> float | None:
+    """A USD amount a person typed (``7.5``, `` $1,000 ``), or None."""
+    try:
+        value = float(text.strip().lstrip("$").replace(",", ""))
+    except ValueError:
+        return None
+    return value if 0 <= value <= MAX_CAP_USD else None  # also refuses NaN
+
+
+async def confirm_revoke(request: Request) -> Response:
+    """``GET /dashboard/revoke?app_id=…&user_id=…``: the confirmation step before a
+    revocation (a page, so it works without script under the strict CSP)."""
+    account, _ = await session_of(request)
+    if account is None:
+        return redirect("/signin?next=/dashboard")
+    conn = await _owned(request, account, request.query_params)
+    if conn is None or conn.status != "connected":
+        return await _view(request, account, status=404, error="No such connected app.")
+    return await render(request, "revoke.html", conn=conn)
 
 
 async def revoke(request: Request) -> Response:
@@ -118,11 +151,8 @@ async def set_cap(request: Request) -> Response:
     if isinstance(found, Response):
         return found
     account, form, conn = found
-    try:
-        usd = float(form.get("cap", ""))
-    except ValueError:
-        usd = -1.0
-    if not 0.01 <= usd <= MAX_CAP_USD:  # also refuses NaN
+    usd = _usd(form.get("cap", ""))
+    if usd is None or usd < 0.01:
         return await _view(
             request, account, status=400,
             error=f"Enter a monthly cap between $0.01 and ${MAX_CAP_USD:,.0f}.",
@@ -131,3 +161,28 @@ async def set_cap(request: Request) -> Response:
         account.id, app_id=conn.app_id, user_id=conn.user_id, cap_nano=round(usd * NANO_PER_USD)
     )
     return redirect("/dashboard?notice=cap")
+
+
+async def set_budget(request: Request) -> Response:
+    """``POST /dashboard/budget``: change the account's own monthly budget.
+
+    Lowering it below this month's spend is allowed: nothing already settled changes,
+    and no request is admitted until the month ends or the budget is raised again (the
+    store's room is the budget less what is settled and held, never below zero).
+    """
+    checked = await _checked_form(request)
+    if isinstance(checked, Response):
+        return checked
+    account, form = checked
+    usd = _usd(form.get("budget", ""))
+    if usd is None:
+        return await _view(
+            request, account, status=400,
+            error=f"Enter a monthly budget between $0 and ${MAX_CAP_USD:,.0f}.",
+        )
+    store = gateway_of(request).store
+    budget_nano = round(usd * NANO_PER_USD)
+    await store.set_account_budget(account.email, budget_nano)
+    spend = await store.account_spend(account.id, period_of(time.time()))
+    below = spend.settled_nano > budget_nano
+    return redirect("/dashboard?notice=" + ("budget_below" if below else "budget"))

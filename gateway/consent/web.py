@@ -67,7 +67,7 @@ def usd(nano: int | None) -> str:
     value = nano_to_usd(nano)
     if value == 0 or abs(value) >= 0.01:
         return f"${value:,.2f}"
-    return f"${value:.6f}".rstrip("0")
+    return f"${value:.9f}".rstrip("0")  # nano-USD: nine places show any amount
 
 
 def when(epoch_s: int) -> str:
