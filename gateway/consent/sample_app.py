@@ -7,6 +7,10 @@ secret key, which never leaves this process. Run it with::
     WATTFARE_SAMPLE_SECRET_KEY=sk_live_… python -m gateway.consent.sample_app \\
         --port 5173 --gateway http://127.0.0.1:8787
 
+The page runs under a strict Content-Security-Policy of its own: its script is a static
+file (``static/sample_app.js``) that reads its settings from the page and imports the SDK
+from the gateway's origin, the only other origin the page may load from or connect to.
+
 ``/forge`` serves a page that posts a forged consent answer to whatever frames it: the
 browser tests load it from a third origin to show the SDK ignores it.
 """
@@ -26,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from gateway.consent.web import TEMPLATES
+from gateway.consent.web import STATIC, TEMPLATES, origin_of
 from gateway.keys import publishable_key_for
 from gateway.tokens import mint_session_token, valid_user_id
 
@@ -55,8 +59,29 @@ def sample_app(
         monthly_usd=monthly_usd,
     )
 
+    gateway_origin = origin_of(gateway_url)
+    page_headers = {
+        "Cache-Control": "no-store",
+        "Content-Security-Policy": (
+            f"default-src 'none'; script-src 'self' {gateway_origin}; style-src 'self'; "
+            f"connect-src 'self' {gateway_origin}; img-src 'self' data:; "
+            "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+        ),
+        "X-Content-Type-Options": "nosniff",
+    }
+    script = (STATIC / "sample_app.js").read_bytes()
+    stylesheet = (STATIC / "sample_app.css").read_bytes()
+
     async def page(request: Request) -> Response:
-        return HTMLResponse(page_html, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(page_html, headers=page_headers)
+
+    async def app_js(request: Request) -> Response:
+        return Response(script, media_type="text/javascript; charset=utf-8",
+                        headers={"Cache-Control": "no-store"})
+
+    async def app_css(request: Request) -> Response:
+        return Response(stylesheet, media_type="text/css; charset=utf-8",
+                        headers={"Cache-Control": "no-store"})
 
     async def session(request: Request) -> Response:
         # A real app would take the user id from its own login; the sample trusts the
@@ -73,7 +98,8 @@ def sample_app(
         return HTMLResponse(FORGE_PAGE)
 
     return Starlette(routes=[
-        Route("/", page), Route("/session", session), Route("/forge", forge),
+        Route("/", page), Route("/app.js", app_js), Route("/app.css", app_css),
+        Route("/session", session), Route("/forge", forge),
     ])
 
 
