@@ -2,6 +2,11 @@
 system Chromium driven by Playwright, a fresh browser context per test, and screenshots
 of each page state in ``tests/artifacts/``.
 
+The screenshots the README and docs show (``docs/screenshots/``) are taken by the same
+tests: ``WATTFARE_DOCS_SCREENSHOTS=1 .venv/bin/pytest tests/e2e_browser`` rewrites them,
+and an ordinary run leaves them alone. Where Debian's ``pngquant`` is installed, those
+copies are reduced to 256 colours (a third of the size, no visible change).
+
 Chromium comes from the OS (Debian: ``apt-get install -y chromium``); Playwright's own
 browser download is never used. Without it these tests fail under CI (``CI=true``) and
 are skipped, with the reason, elsewhere.
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +29,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -85,11 +92,25 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 
 @pytest.fixture
 def shot() -> Callable[[Page, str], None]:
-    """Save a screenshot of a page state to tests/artifacts/<name>.png."""
+    """Save a screenshot of a page state to tests/artifacts/<name>.png; ``docs=True``
+    also to docs/screenshots/ when WATTFARE_DOCS_SCREENSHOTS=1."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    update_docs = os.environ.get("WATTFARE_DOCS_SCREENSHOTS") == "1"
 
-    def save(page: Page, name: str, **options: Any) -> None:
-        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), **options)
+    def save(page: Page, name: str, *, docs: bool = False, **options: Any) -> None:
+        path = ARTIFACTS / f"{name}.png"
+        page.screenshot(path=str(path), **options)
+        if docs and update_docs:
+            target = DOCS_SCREENSHOTS / f"{name}.png"
+            pngquant = shutil.which("pngquant")
+            if pngquant is None:
+                shutil.copyfile(path, target)
+            else:
+                subprocess.run(
+                    [pngquant, "--force", "--skip-if-larger", "--output", str(target),
+                     "256", str(path)],
+                    check=False, timeout=60,
+                )
 
     return save
 

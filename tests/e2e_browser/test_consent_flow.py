@@ -44,7 +44,9 @@ def test_connect_stream_and_revoke(
     user = "alice-" + uuid.uuid4().hex[:6]
     page = context.new_page()
     page.goto(f"{stack.app}/?user={user}")
-    expect(page.locator("#status")).to_have_text("not_connected")
+    expect(page.locator("#status")).to_have_attribute("data-status", "not_connected")
+    expect(page.locator("#status")).to_have_text("Not connected")
+    expect(page.get_by_role("button", name="Disconnect")).to_be_hidden()  # nothing to undo
     shot(page, "app-not-connected")
 
     with page.expect_popup() as opened:
@@ -65,12 +67,14 @@ def test_connect_stream_and_revoke(
     expect(popup.locator("#cap")).to_have_value("5.00")
     expect(popup.locator(".budget-left strong")).to_have_text("$20.00")
     popup.fill("#cap", "2.50")
-    shot(popup, "consent-popup")
+    shot(popup, "consent-popup", docs=True)
     popup.get_by_role("button", name="Approve").click()
 
     # The popup answered the app and was closed by the SDK.
-    expect(page.locator("#status")).to_have_text("connected")
+    expect(page.locator("#status")).to_have_attribute("data-status", "connected")
     expect(page.locator("#cap")).to_have_text("$2.50")
+    expect(page.get_by_role("button", name="Disconnect")).to_be_visible()
+    expect(page.get_by_role("button", name="Connect AI budget")).to_be_hidden()
     assert wait_closed(popup)
     rows = stack.sql(
         "SELECT c.cap_nano, c.status, a.budget_nano FROM connections c "
@@ -81,10 +85,14 @@ def test_connect_stream_and_revoke(
 
     # Stream a completion from the page, with its session token, through the gateway.
     page.get_by_role("button", name="Write").click()
-    expect(page.locator("#activity")).to_have_text("done")
+    expect(page.locator("#activity")).to_have_text("Done.")
     expect(page.locator("#output")).not_to_be_empty()
-    expect(page.locator("#cost")).to_contain_text("Cost: $")
+    expect(page.locator("#cost")).to_contain_text("Cost of this answer: $")
     expect(page.locator("#error")).to_be_empty()
+    # The spend shown is the cost shown, in the same form (not "$0.00" beside it).
+    cost_text = page.locator("#cost").inner_text().rpartition(" ")[2]
+    assert cost_text != "$0.00"
+    expect(page.locator("#spent")).to_have_text(cost_text)
     shot(page, "app-connected-streamed")
     charged = stack.sql(
         "SELECT cost_nano, account_id IS NOT NULL FROM ledger WHERE app_id = ? AND user_id = ?",
@@ -94,7 +102,7 @@ def test_connect_stream_and_revoke(
     cost, on_account = charged[0]
     assert isinstance(cost, int) and cost > 0 and on_account == 1
 
-    # The dashboard shows the app, its spend and the request; revoke in one click.
+    # The dashboard shows the app, its spend and the request; revoke, once confirmed.
     dash = context.new_page()
     dash.goto(f"{stack.gateway}/dashboard")
     card = dash.locator("section.app", has_text="Acme Writer")
@@ -102,14 +110,21 @@ def test_connect_stream_and_revoke(
     expect(card.locator("tbody tr")).to_have_count(1)
     expect(card.locator("tbody tr")).to_contain_text("openai/gpt-4o-mini")
     expect(card.locator("svg rect")).to_have_count(1)
-    shot(dash, "dashboard", full_page=True)
-    card.get_by_role("button", name="Revoke Acme Writer").click()
+    expect(card.locator("td.num span").first).to_have_attribute("title", re.compile("tokens sent"))
+    shot(dash, "dashboard-first-request", full_page=True)
+    card.get_by_role("link", name="Revoke Acme Writer").click()
+    expect(dash.get_by_role("heading", level=1)).to_have_text("Revoke Acme Writer?")
+    dash.get_by_role("button", name="Revoke Acme Writer").click()
     expect(dash.locator(".notice")).to_contain_text("Revoked")
     expect(card.locator(".badge.revoked")).to_be_visible()
     shot(dash, "dashboard-revoked", full_page=True)
 
     # The app sees it: its status poll, and its next request.
-    expect(page.locator("#status")).to_have_text("revoked", timeout=10_000)
+    expect(page.locator("#status")).to_have_attribute("data-status", "revoked", timeout=10_000)
+    expect(page.get_by_role("button", name="Disconnect")).to_be_hidden()
+    expect(page.get_by_role("button", name="Connect AI budget")).to_be_visible()
     page.get_by_role("button", name="Write").click()
-    expect(page.locator("#error")).to_have_text("connection_revoked")
+    expect(page.locator("#error")).to_have_attribute("data-code", "connection_revoked")
+    expect(page.locator("#error")).to_contain_text("no longer has access")
+    expect(page.locator("#activity")).to_be_empty()  # not left "writing"
     shot(page, "app-revoked")
