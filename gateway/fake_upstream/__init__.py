@@ -1,17 +1,40 @@
-"""A simulated OpenRouter, for tests, benchmarks and the demo (these machines are offline).
+"""A simulated upstream, for tests, benchmarks and the demo (these machines are offline).
 
-Run it with `wattfare fake-upstream` or `python -m gateway.fake_upstream --port N`; its base
-URL is `http://HOST:PORT/api/v1`, like `https://openrouter.ai/api/v1`.
+Run it with `wattfare fake-upstream` or `python -m gateway.fake_upstream --port N`. One
+server speaks two dialects, chosen by the base URL a client is given:
+- OpenRouter: `http://HOST:PORT/api/v1`, like `https://openrouter.ai/api/v1`;
+- OpenAI-compatible (OpenAI, vLLM, Ollama): `http://HOST:PORT/v1` (`openai_wire.py`).
 
 Paths:
-- `POST /api/v1/chat/completions`: streamed (SSE) or not; any bearer key unless the
-  server requires one. A body may carry `"fake": {...}` knobs (see `knobs.py`).
-- `GET /api/v1/models`: the fixed catalog `MODELS` (no key needed, as at OpenRouter).
-- `GET /api/v1/generation?id=gen-…`: `{"data": {...}}` for the last 10,000 generations.
-- `GET /api/v1/_last_request` (test-only, not OpenRouter's): the lowercase headers and
-  JSON body of the most recent chat completion request, to check what a proxy forwarded.
-- `GET /healthz` (not OpenRouter's): `{"status": "ok", "in_flight": <open chat requests>}`.
+- `POST /api/v1/chat/completions`, `POST /v1/chat/completions`: streamed (SSE) or not. On
+  `/api/v1` any bearer key unless the server requires one (`--require-key`); on `/v1` no
+  key is needed unless the server requires one. A body may carry `"fake": {...}` knobs
+  (`knobs.py`): timing, faults, the JSON encoding (`encoding.py`), reasoning tokens, the
+  abort behaviour, the `/generation` delay. Server-wide defaults are the flags.
+- `GET /api/v1/models` (prices, no key needed, as at OpenRouter); `GET /v1/models`
+  (OpenAI's `{"object": "list", "data": [{"id", "object", "created", "owned_by"}]}`).
+- `GET /api/v1/generation?id=gen-…`: `{"data": {...}}` of the last 10,000 generations,
+  404 until `generation_delay_ms` after each ends (`generations.py`).
+- `GET /api/v1/key`: the calling key's limit and usage (`accounts.py`).
+- `GET /auth?callback_url=…&code_challenge=…&code_challenge_method=S256`, its form's
+  `POST /auth/decision`, and `POST /api/v1/auth/keys`: the OAuth PKCE flow that issues a
+  key billed to a person's own credits (`oauth.py`).
+- Test-only, not OpenRouter's: `GET /_fake/ledger[?key=K]` (what each key and person was
+  billed, nano-USD), `POST /_fake/person` and `POST /_fake/key` (credits, limits, revoked
+  keys; `admin.py`); `GET /api/v1/_last_request` and `GET /v1/_last_request` (the
+  lowercase headers and JSON body of the most recent chat request, to check what a proxy
+  forwarded); `GET /healthz` (`{"status": "ok", "in_flight": <open chat requests>}`).
 - Anything else: 404 `{"error": {"message": "Not Found", "code": 404}}`.
+
+Billing follows OpenRouter's documentation: a stream aborted on a provider that supports
+cancellation is billed for what was generated; on one that does not (the catalog's Google,
+Mistral and Groq models, or the `cancellable: false` knob), and for any non-streamed
+request, the generation runs to its end and is billed in full. An aborted stream gets no
+usage chunk. Hidden reasoning tokens are billed as completion tokens and count within
+`max_tokens`; no generation passes `max_tokens` (or, on `/v1`, `max_completion_tokens`,
+which supersedes it) or the model's largest completion, except by the `extra_reasoning`
+fault. `/v1` requests are billed at the catalog's prices too (the ledger's figure for an
+upstream whose usage has tokens only).
 
 The wire format, as OpenRouter documents it (openrouter.ai/docs: streaming, errors,
 usage accounting, models) and as recorded real responses show it:

@@ -3,155 +3,75 @@
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
-from urllib.parse import parse_qs
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.fake_upstream import wire
-from gateway.fake_upstream.catalog import AUTO_ROUTES_TO, MODELS_BODY, find_model
-from gateway.fake_upstream.knobs import KnobError, parse_knobs
+from gateway.fake_upstream import admin, wire
+from gateway.fake_upstream.accounts import Accounts, to_nano, usd_of
+from gateway.fake_upstream.asgi import BodyTooLarge, bearer, query, read_body, respond
+from gateway.fake_upstream.catalog import MODELS_BODY, OPENAI_MODELS_BODY
+from gateway.fake_upstream.generations import Generation, GenerationStore
+from gateway.fake_upstream.oauth import OAuth
+from gateway.fake_upstream.openai_wire import openai_error
+from gateway.fake_upstream.planning import CORS, plan_request
 from gateway.fake_upstream.settings import FakeUpstreamSettings
 from gateway.fake_upstream.stream import HANG_S, ClientWatch, Outcome, Plan, stream_completion
 
-__all__ = ["MAX_BODY_BYTES", "MAX_GENERATIONS", "create_app"]
+__all__ = ["create_app"]
 
-MAX_BODY_BYTES: Final = 16 * 1024 * 1024
-MAX_GENERATIONS: Final = 10_000
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_JSON: Final = (b"content-type", b"application/json")
-_SSE_HEADERS: Final = (
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache"),
-    (b"access-control-allow-origin", b"*"),
-)
 _NOT_FOUND: Final = wire.error_body(404, "Not Found")
 _NO_CREDENTIALS: Final = wire.error_body(401, "No cookie auth credentials found")
 _BAD_KEY: Final = wire.error_body(401, "User not found.")
 _NOT_JSON: Final = wire.error_body(
     400, "Input must have at least 1 token.", {"provider_name": None}
 )
-_NO_MESSAGES: Final = wire.error_body(400, 'Input required: specify "prompt" or "messages"')
 _TOO_LARGE: Final = wire.error_body(413, "Request body too large")
 _HEALTH: Final = b'{"status":"ok","in_flight":%d}'
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Generation:
-    plan: Plan
-    outcome: Outcome
-    streamed: bool
-    started: float
-    ended: float
-
-    def as_json(self) -> bytes:
-        head, sent = self.plan.head, self.outcome.sent
-        completion = sent + self.outcome.reasoning
-        cost = wire.json_number(
-            wire.cost_of(
-                model_id=self.plan.model_id, prompt=self.plan.prompt_tokens, completion=completion
-            )
-        )
-        elapsed_ms = round((self.ended - self.started) * 1000)
-        return orjson.dumps(
-            {
-                "data": {
-                    "id": head.id,
-                    "upstream_id": "chatcmpl-" + head.id[-20:],
-                    "total_cost": cost,
-                    "cache_discount": None,
-                    "upstream_inference_cost": None,
-                    "created_at": datetime.fromtimestamp(head.created, UTC).isoformat(),
-                    "model": head.model,
-                    "app_id": None,
-                    "streamed": self.streamed,
-                    "cancelled": self.outcome.cancelled,
-                    "provider_name": head.provider,
-                    "latency": elapsed_ms,
-                    "moderation_latency": None,
-                    "generation_time": elapsed_ms,
-                    "finish_reason": self.outcome.finish,
-                    "native_finish_reason": self.outcome.finish,
-                    "tokens_prompt": self.plan.prompt_tokens,
-                    "tokens_completion": completion,
-                    "native_tokens_prompt": self.plan.prompt_tokens,
-                    "native_tokens_completion": completion,
-                    "native_tokens_completion_images": 0,
-                    "native_tokens_reasoning": self.outcome.reasoning,
-                    "native_tokens_cached": 0,
-                    "num_media_prompt": None,
-                    "num_media_completion": None,
-                    "num_search_results": None,
-                    "origin": "",
-                    "usage": cost,
-                    "is_byok": False,
-                    "api_type": "completions",
-                }
-            }
-        )
-
-
-async def _respond(
-    send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [_JSON, (b"content-length", b"%d" % len(body)), *headers],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None if the client left first."""
-    parts: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        part: bytes = message.get("body", b"")
-        size += len(part)
-        if size > MAX_BODY_BYTES:
-            raise _BodyTooLarge
-        parts.append(part)
-        more = message.get("more_body", False)
-    return b"".join(parts)
-
-
-def _bearer(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return None
+_OPENAI_NO_KEY: Final = openai_error(
+    401,
+    "You didn't provide an API key. You need to provide your API key in an Authorization "
+    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+)
+_OPENAI_BAD_KEY: Final = openai_error(
+    401, "Incorrect API key provided.", code="invalid_api_key"
+)
+_OPENAI_NOT_JSON: Final = openai_error(
+    400, "We could not parse the JSON body of your request.", code="invalid_json"
+)
 
 
 class _FakeUpstream:
-    """One server's state: the settings, recent generations, the last request seen."""
+    """One server's state: the settings, generations, accounts, the last request seen."""
 
     def __init__(self, settings: FakeUpstreamSettings) -> None:
         self._settings = settings
-        self._generations: OrderedDict[str, _Generation] = OrderedDict()
+        self._generations = GenerationStore()
+        self._accounts = Accounts(
+            default_credits_nano=usd_of(settings.default_credits_usd)
+        )
+        self._oauth = OAuth(self._accounts)
         self._last_request: tuple[list[tuple[bytes, bytes]], Any] = ([], None)
         self._in_flight = 0
-        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
+        self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/api/v1/chat/completions"): self._chat,
             ("GET", "/api/v1/models"): self._models,
             ("GET", "/api/v1/generation"): self._generation,
+            ("GET", "/api/v1/key"): self._key,
+            ("POST", "/api/v1/auth/keys"): self._oauth.exchange,
             ("GET", "/api/v1/_last_request"): self._last,
+            ("GET", "/auth"): self._oauth.page,
+            ("POST", "/auth/decision"): self._oauth.decide,
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("GET", "/v1/models"): self._openai_models,
+            ("GET", "/v1/_last_request"): self._last,
+            ("GET", "/_fake/ledger"): self._ledger,
+            ("POST", "/_fake/person"): self._admin_person,
+            ("POST", "/_fake/key"): self._admin_key,
             ("GET", "/healthz"): self._health,
         }
 
@@ -159,7 +79,7 @@ class _FakeUpstream:
         if scope["type"] == "http":
             handler = self._routes.get((scope["method"], scope["path"]))
             if handler is None:
-                await _respond(send, 404, _NOT_FOUND)
+                await respond(send, 404, _NOT_FOUND)
             else:
                 await handler(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -168,19 +88,31 @@ class _FakeUpstream:
                 await receive()
             await send({"type": "lifespan.shutdown.complete"})
 
-    def _auth_error(self, scope: Scope) -> bytes | None:
-        key = _bearer(scope)
+    def _key_accepted(self, key: str) -> bool:
+        issued = self._accounts.issued(key)
+        if issued is not None:
+            return not issued.revoked
+        return self._settings.require_key is None or key == self._settings.require_key
+
+    def _auth_error(self, key: str | None) -> bytes | None:
         if key is None:
             return _NO_CREDENTIALS
-        if self._settings.require_key is not None and key != self._settings.require_key:
-            return _BAD_KEY
-        return None
+        return None if self._key_accepted(key) else _BAD_KEY
+
+    def _openai_auth_error(self, key: str | None) -> bytes | None:
+        # A local OpenAI-compatible server (vLLM, Ollama) needs no key unless given one.
+        if key is None:
+            return None if self._settings.require_key is None else _OPENAI_NO_KEY
+        return None if self._key_accepted(key) else _OPENAI_BAD_KEY
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _respond(send, 200, MODELS_BODY, ((b"access-control-allow-origin", b"*"),))
+        await respond(send, 200, MODELS_BODY, (CORS,))
+
+    async def _openai_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send, 200, OPENAI_MODELS_BODY)
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _respond(send, 200, _HEALTH % self._in_flight)
+        await respond(send, 200, _HEALTH % self._in_flight)
 
     async def _last(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_headers, body = self._last_request
@@ -188,26 +120,38 @@ class _FakeUpstream:
         for name, value in raw_headers:
             key, text = name.decode("latin-1").lower(), value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        await _respond(send, 200, orjson.dumps({"headers": headers, "body": body}))
+        await respond(send, 200, orjson.dumps({"headers": headers, "body": body}))
 
     async def _generation(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (error := self._auth_error(scope)) is not None:
-            await _respond(send, 401, error)
+        if (error := self._auth_error(bearer(scope))) is not None:
+            await respond(send, 401, error)
             return
-        ids = parse_qs(scope["query_string"].decode("latin-1")).get("id", [])
-        if not ids:
-            await _respond(send, 400, wire.error_body(400, "Missing required parameter: id"))
+        generation_id = query(scope, "id")
+        if generation_id is None:
+            await respond(send, 400, wire.error_body(400, "Missing required parameter: id"))
             return
-        found = self._generations.get(ids[0])
+        found = self._generations.get(generation_id, now=time.monotonic())
         if found is None:
-            await _respond(send, 404, wire.error_body(404, f"Generation {ids[0]} not found"))
+            body = wire.error_body(404, f"Generation {generation_id} not found")
+            await respond(send, 404, body)
             return
-        await _respond(send, 200, found.as_json())
+        await respond(send, 200, found.as_json())
 
-    def _record(self, generation: _Generation) -> None:
-        if len(self._generations) >= MAX_GENERATIONS:
-            self._generations.popitem(last=False)
-        self._generations[generation.plan.head.id] = generation
+    async def _key(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = bearer(scope)
+        if (error := self._auth_error(key)) is not None or key is None:
+            await respond(send, 401, error or _NO_CREDENTIALS)
+            return
+        await respond(send, 200, self._accounts.key_json(key))
+
+    async def _ledger(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send, 200, self._accounts.ledger_json(query(scope, "key")))
+
+    async def _admin_person(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await admin.set_person(self._accounts, receive, send)
+
+    async def _admin_key(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await admin.set_key(self._accounts, receive, send)
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._in_flight += 1
@@ -222,10 +166,12 @@ class _FakeUpstream:
         self, scope: Scope, receive: Receive, send: Send, watch: ClientWatch
     ) -> None:
         started = time.monotonic()
+        openai = scope["path"].startswith("/v1/")
         try:
-            body = await _read_body(receive)
-        except _BodyTooLarge:
-            await _respond(send, 413, _TOO_LARGE)
+            body = await read_body(receive)
+        except BodyTooLarge:
+            too_large = openai_error(413, "Request body too large") if openai else _TOO_LARGE
+            await respond(send, 413, too_large)
             return
         if body is None:
             return
@@ -235,15 +181,23 @@ class _FakeUpstream:
             request = None
         # Kept as received (encoded only when asked for) so that recording costs nothing.
         self._last_request = (scope["headers"], request)
-        if (error := self._auth_error(scope)) is not None:
-            await _respond(send, 401, error)
+        key = bearer(scope)
+        error = self._openai_auth_error(key) if openai else self._auth_error(key)
+        if error is not None:
+            await respond(send, 401, error)
             return
         if not isinstance(request, dict):
-            await _respond(send, 400, _NOT_JSON)
+            await respond(send, 400, _OPENAI_NOT_JSON if openai else _NOT_JSON)
             return
-        plan_or_error = self._plan(request)
-        if isinstance(plan_or_error, bytes):
-            await _respond(send, 400, plan_or_error)
+        plan_or_error = plan_request(
+            request,
+            key=key or "",
+            openai=openai,
+            settings=self._settings,
+            accounts=self._accounts,
+        )
+        if isinstance(plan_or_error, tuple):
+            await respond(send, *plan_or_error)
             return
         plan, k = plan_or_error, plan_or_error.knobs
         if k.fault == "status":
@@ -251,100 +205,96 @@ class _FakeUpstream:
             return
         if k.fault == "hang":
             if not await watch.pause(HANG_S):
-                await _respond(send, 408, wire.error_body(408, "Request timed out"))
+                await respond(send, 408, plan.writer.status_error(408, "Request timed out"))
             return
         streamed = request.get("stream") is True
         if streamed:
             outcome = await stream_completion(plan, send, watch)
         else:
             outcome = await self._complete(plan, send, watch)
-        self._record(
-            _Generation(
-                plan=plan,
-                outcome=outcome,
-                streamed=streamed,
-                started=started,
-                ended=time.monotonic(),
-            )
-        )
+        self._record(plan, outcome, request, streamed=streamed, started=started, openai=openai)
 
-    def _plan(self, request: dict[str, Any]) -> Plan | bytes:
-        """Decide the whole response up front, or return the body of a 400."""
-        prompt = wire.prompt_tokens(request.get("messages"))
-        if prompt is None:
-            return _NO_MESSAGES
-        model_id = request.get("model")
-        model = find_model(model_id) if isinstance(model_id, str) else None
-        if model is None:
-            return wire.error_body(400, f"{model_id} is not a valid model ID")
-        try:
-            knobs = parse_knobs(request.get("fake"), settings=self._settings)
-        except KnobError as exc:
-            return wire.error_body(400, str(exc))
-        chunks, finish = knobs.chunks, "stop"
-        for name in ("max_tokens", "max_completion_tokens"):
-            cap = request.get(name)
-            if isinstance(cap, int) and not isinstance(cap, bool) and 0 <= cap < chunks:
-                chunks, finish = cap, "length"
-        created = int(time.time())
-        head = wire.Head(
-            id=wire.new_generation_id(created),
-            created=created,
-            model=AUTO_ROUTES_TO if model.id == "openrouter/auto" else model.id,
-            provider=model.provider_name,
-            fingerprint="fp_" + model.canonical_slug.encode().hex()[:10],
+    def _record(
+        self,
+        plan: Plan,
+        outcome: Outcome,
+        request: dict[str, Any],
+        *,
+        streamed: bool,
+        started: float,
+        openai: bool,
+    ) -> None:
+        """Bill the generation and, for OpenRouter's paths, keep its record."""
+        cost = wire.cost_of(
+            model_id=plan.model_id, prompt=plan.prompt_tokens, completion=outcome.completion
         )
-        return Plan(
-            head=head,
-            knobs=knobs,
-            model_id=model.id,
-            prompt_tokens=prompt,
-            chunks=chunks,
-            finish=finish,
-            headers=[*_SSE_HEADERS, (b"x-generation-id", head.id.encode())],
+        self._accounts.bill(plan.key, to_nano(cost))
+        if openai:
+            return
+        ended = time.monotonic()
+        elapsed_ms = round((ended - started + outcome.tail_s) * 1000)
+        user = request.get("user")
+        model_id = request.get("model")
+        self._generations.add(
+            Generation(
+                id=plan.head.id,
+                created=plan.head.created,
+                model=plan.head.model,
+                provider=plan.head.provider,
+                router=model_id if model_id == "openrouter/auto" else None,
+                streamed=streamed,
+                cancelled=outcome.cancelled,
+                finish=outcome.finish,
+                prompt_tokens=plan.prompt_tokens,
+                completion_tokens=outcome.completion,
+                reasoning_tokens=outcome.reasoning,
+                cost=cost,
+                latency_ms=elapsed_ms,
+                generation_ms=elapsed_ms,
+                external_user=user if isinstance(user, str) else None,
+                encoding=plan.knobs.encoding,
+                available_at=ended + outcome.tail_s + plan.knobs.generation_delay_ms / 1000,
+            )
         )
 
     async def _status_error(self, plan: Plan, send: Send) -> None:
         k = plan.knobs
-        headers: tuple[tuple[bytes, bytes], ...] = ((b"x-generation-id", plan.head.id.encode()),)
+        headers: tuple[tuple[bytes, bytes], ...] = (plan.headers[-1],)
         if k.status == 429:
             headers += ((b"retry-after", b"%d" % k.retry_after),)
-        body = wire.status_error_body(
-            k.status, model=plan.head.model, provider=plan.head.provider, message=k.message
-        )
-        await _respond(send, k.status, body, headers)
+        await respond(send, k.status, plan.writer.status_error(k.status, k.message), headers)
 
     async def _complete(self, plan: Plan, send: Send, watch: ClientWatch) -> Outcome:
         k = plan.knobs
         delay = (k.ttft_ms + k.gap_ms * max(plan.chunks - 1, 0)) / 1000
+        waited_from = time.monotonic()
         if delay > 0 and await watch.pause(delay):
-            return Outcome(sent=0, reasoning=0, finish=None, cancelled=True)
-        headers = ((b"x-generation-id", plan.head.id.encode()),)
+            # A non-streamed request cannot be cancelled: it runs on, billed in full.
+            rest = max(0.0, delay - (time.monotonic() - waited_from))
+            return plan.full(cancelled=True, tail_s=rest)
+        headers = (plan.headers[-1],)
         if k.fault == "mid_stream_error":
-            # Once a provider has answered, OpenRouter reports its failure inside a 200.
             message = k.message or "Provider disconnected unexpectedly"
-            body = orjson.dumps({"error": {"code": k.error_code, "message": message}})
-            await _respond(send, 200, body, headers)
-            return Outcome(sent=0, reasoning=0, finish="error", cancelled=False)
-        reasoning = k.hidden_tokens if k.fault == "extra_reasoning" else 0
-        completion = plan.chunks + reasoning
+            body = plan.writer.body_error(code=k.error_code, message=message)
+            await respond(send, 200, body, headers)
+            return Outcome(sent=0, completion=0, reasoning=0, finish="error", cancelled=False)
+        outcome = plan.full(cancelled=False)
         cost = wire.cost_of(
-            model_id=plan.model_id, prompt=plan.prompt_tokens, completion=completion
+            model_id=plan.model_id, prompt=plan.prompt_tokens, completion=outcome.completion
         )
-        body = wire.completion_body(
-            plan.head,
+        body = plan.writer.body(
             content=k.chunk_text * plan.chunks,
             finish=plan.finish,
             prompt=plan.prompt_tokens,
-            completion=completion,
-            reasoning=reasoning,
+            completion=outcome.completion,
+            reasoning=outcome.reasoning,
             cost=None if k.fault == "usage_without_cost" else cost,
-            include_usage=k.fault != "no_usage",
+            include_usage=plan.include_usage,
         )
-        await _respond(send, 200, body, headers)
-        return Outcome(sent=plan.chunks, reasoning=reasoning, finish=plan.finish, cancelled=False)
+        await respond(send, 200, body, headers)
+        return outcome
 
 
 def create_app(settings: FakeUpstreamSettings) -> ASGIApp:
-    """A new simulated OpenRouter; each app keeps its own generations and last request."""
+    """A new simulated upstream; each app keeps its own generations, accounts and ledger."""
     return _FakeUpstream(settings)

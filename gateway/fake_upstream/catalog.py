@@ -3,6 +3,15 @@
 Prices are USD per token, as decimal strings, exactly as `GET /api/v1/models` lists them.
 `openrouter/auto` is priced `"-1"` (OpenRouter's way of saying "depends on the model it
 picks"); the fake routes it to `AUTO_ROUTES_TO` and reports that model in responses.
+
+Two behaviours per model follow OpenRouter's documentation:
+- `cancellable`: whether aborting a stream stops the provider and its bill. OpenRouter
+  lists OpenAI, Anthropic and others as supporting it; AWS Bedrock, Groq, Google (AI
+  Studio), Mistral and others do not: their generation runs to its end and is billed in
+  full. Here the Google, Groq and Mistral models are not cancellable.
+- `reasoning_tokens`: hidden reasoning tokens spent before the content, billed as
+  completion tokens (`completion_tokens_details.reasoning_tokens`) and counted within
+  `max_tokens`, as OpenAI's reasoning models count them.
 """
 
 from __future__ import annotations
@@ -18,11 +27,14 @@ __all__ = [
     "AUTO_ROUTES_TO",
     "MODELS",
     "MODELS_BODY",
+    "OPENAI_MODELS",
+    "OPENAI_MODELS_BODY",
     "Model",
     "Pricing",
     "billing_prices",
     "find_model",
     "price_of",
+    "routed",
 ]
 
 
@@ -75,6 +87,13 @@ class Model:
     supported_parameters: tuple[str, ...]
     provider_name: str
     hugging_face_id: str | None = None
+    cancellable: bool = True
+    reasoning_tokens: int = 0
+
+    @property
+    def owned_by(self) -> str:
+        """The `owned_by` of an OpenAI-style model list: the id's organisation part."""
+        return self.id.partition("/")[0]
 
     def as_json(self) -> dict[str, Any]:
         """The object `GET /api/v1/models` returns for this model."""
@@ -172,6 +191,7 @@ MODELS: tuple[Model, ...] = (
         is_moderated=True,
         supported_parameters=(*_COMMON_PARAMS, *_TOOL_PARAMS, *_REASONING_PARAMS),
         provider_name="OpenAI",
+        reasoning_tokens=64,
     ),
     Model(
         id="google/gemini-2.0-flash-001",
@@ -193,7 +213,44 @@ MODELS: tuple[Model, ...] = (
         max_completion_tokens=8192,
         is_moderated=False,
         supported_parameters=(*_COMMON_PARAMS, *_TOOL_PARAMS),
-        provider_name="Google",
+        provider_name="Google AI Studio",
+        cancellable=False,
+    ),
+    Model(
+        id="mistralai/mistral-small-3.1-24b-instruct",
+        canonical_slug="mistralai/mistral-small-3.1-24b-instruct-2503",
+        hugging_face_id="mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+        name="Mistral: Mistral Small 3.1 24B",
+        created=1742238937,
+        description="Mistral Small 3.1: a 24B model served by Mistral, which cannot cancel.",
+        context_length=131072,
+        modality="text+image->text",
+        input_modalities=("text", "image"),
+        tokenizer="Mistral",
+        pricing=Pricing(prompt="0.0000001", completion="0.0000003"),
+        max_completion_tokens=32768,
+        is_moderated=False,
+        supported_parameters=(*_COMMON_PARAMS, *_TOOL_PARAMS),
+        provider_name="Mistral",
+        cancellable=False,
+    ),
+    Model(
+        id="meta-llama/llama-3.3-70b-instruct",
+        canonical_slug="meta-llama/llama-3.3-70b-instruct",
+        hugging_face_id="meta-llama/Llama-3.3-70B-Instruct",
+        name="Meta: Llama 3.3 70B Instruct",
+        created=1733506137,
+        description="Meta's 70B instruct model, served by Groq, which cannot cancel.",
+        context_length=131072,
+        modality="text->text",
+        input_modalities=("text",),
+        tokenizer="Llama3",
+        pricing=Pricing(prompt="0.00000059", completion="0.00000079"),
+        max_completion_tokens=32768,
+        is_moderated=False,
+        supported_parameters=(*_COMMON_PARAMS, *_TOOL_PARAMS),
+        provider_name="Groq",
+        cancellable=False,
     ),
     Model(
         id="meta-llama/llama-3.1-8b-instruct:free",
@@ -237,6 +294,20 @@ _BY_ID: MappingProxyType[str, Model] = MappingProxyType({m.id: m for m in MODELS
 MODELS_BODY: bytes = orjson.dumps({"data": [m.as_json() for m in MODELS]})
 """The pre-encoded body of `GET /api/v1/models`."""
 
+OPENAI_MODELS: tuple[Model, ...] = tuple(m for m in MODELS if m.id != "openrouter/auto")
+"""What the OpenAI-compatible mode serves: the catalog without OpenRouter's router."""
+
+OPENAI_MODELS_BODY: bytes = orjson.dumps(
+    {
+        "object": "list",
+        "data": [
+            {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
+            for m in OPENAI_MODELS
+        ],
+    }
+)
+"""The pre-encoded body of `GET /v1/models`: OpenAI's list shape, with no prices."""
+
 
 def find_model(model_id: str) -> Model | None:
     """The catalog entry for `model_id`, or None when OpenRouter would call it invalid."""
@@ -252,9 +323,19 @@ def price_of(model_id: str) -> tuple[str, str]:
     return pricing.prompt, pricing.completion
 
 
+def routed(model: Model) -> Model:
+    """The model that generates (and is billed) for a request naming `model`."""
+    return _BY_ID[AUTO_ROUTES_TO] if model.id == "openrouter/auto" else model
+
+
 def billing_prices(model_id: str) -> tuple[Decimal, Decimal]:
     """The prices a request for `model_id` is actually billed at (auto → its route)."""
-    if model_id == "openrouter/auto":
-        model_id = AUTO_ROUTES_TO
-    prompt, completion = price_of(model_id)
-    return Decimal(prompt), Decimal(completion)
+    return _BILLING[model_id]
+
+
+_BILLING: MappingProxyType[str, tuple[Decimal, Decimal]] = MappingProxyType(
+    {
+        m.id: (Decimal(routed(m).pricing.prompt), Decimal(routed(m).pricing.completion))
+        for m in MODELS
+    }
+)

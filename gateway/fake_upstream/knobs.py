@@ -20,6 +20,10 @@ loudly instead of silently testing the happy path.
 | `hidden_tokens` | int, ≥ 0 | unstreamed reasoning tokens for `extra_reasoning` (default 64) |
 | `error_code` | int or str | `error.code` of the `mid_stream_error` chunk (default 502) |
 | `usage_with_choice` | bool | usage chunk repeats the finish choice instead of `choices: []` |
+| `encoding` | one of `ENCODINGS` | the JSON spelling of every chunk and body (see `encoding.py`) |
+| `generation_delay_ms` | number, 0–600000 | how long `/generation` answers 404 after the end |
+| `reasoning_tokens` | int, 0–1000000 | hidden reasoning tokens, within `max_tokens` (see catalog) |
+| `cancellable` | bool | whether an abort stops the bill (default: the model's provider) |
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Final, Literal, get_args
+
+from gateway.fake_upstream.encoding import ENCODINGS, Encoding
 
 if TYPE_CHECKING:
     from gateway.fake_upstream.settings import FakeUpstreamSettings
@@ -59,6 +65,10 @@ class Knobs:
     gap_ms: float
     chunks: int
     processing_comments: bool
+    encoding: Encoding = "compact"
+    generation_delay_ms: float = 1000.0
+    reasoning_tokens: int | None = None
+    cancellable: bool | None = None
     chunk_text: str = "tok "
     comment_interval_ms: float = 1000.0
     fault: Fault | None = None
@@ -115,6 +125,13 @@ def _fault(value: object) -> str:
     return value
 
 
+def _encoding(value: object) -> str:
+    if value not in ENCODINGS:
+        raise ValueError("one of " + ", ".join(sorted(ENCODINGS)))
+    assert isinstance(value, str)
+    return value
+
+
 def _error_code(value: object) -> int | str:
     if isinstance(value, str):
         return _text(64)(value)
@@ -127,6 +144,10 @@ _CHECKS: Final[Mapping[str, Callable[[object], Any]]] = {
     "chunks": _integer(0, 100_000),
     "chunk_text": _text(1000),
     "processing_comments": _boolean,
+    "encoding": _encoding,
+    "generation_delay_ms": _number(0, 600_000),
+    "reasoning_tokens": _integer(0, 1_000_000),
+    "cancellable": _boolean,
     "comment_interval_ms": _number(50, 600_000),
     "fault": _fault,
     "status": _integer(400, 599),
@@ -147,6 +168,8 @@ def parse_knobs(raw: object, *, settings: FakeUpstreamSettings) -> Knobs:
         gap_ms=settings.gap_ms,
         chunks=settings.chunks,
         processing_comments=settings.processing_comments,
+        encoding=settings.encoding,
+        generation_delay_ms=settings.generation_delay_ms,
     )
     if raw is None:
         return base

@@ -7,6 +7,9 @@ import importlib.util
 import logging
 import math
 from dataclasses import dataclass
+from typing import get_args
+
+from gateway.fake_upstream.encoding import Encoding
 
 __all__ = [
     "DEFAULT_HOST",
@@ -30,17 +33,24 @@ class FakeUpstreamSettings:
     chunks: int = 20
     require_key: str | None = None
     processing_comments: bool = True
+    encoding: Encoding = "compact"
+    generation_delay_ms: float = 1000.0
+    default_credits_usd: float = 10.0
 
     def __post_init__(self) -> None:
         for name, value, limit in (
             ("ttft_ms", self.ttft_ms, 600_000),
             ("gap_ms", self.gap_ms, 60_000),
             ("chunks", self.chunks, 100_000),
+            ("generation_delay_ms", self.generation_delay_ms, 600_000),
+            ("default_credits_usd", self.default_credits_usd, 1_000_000),
         ):
             if not (math.isfinite(value) and 0 <= value <= limit):
                 raise ValueError(f"{name} must be between 0 and {limit}, got {value!r}")
         if self.require_key == "":
             raise ValueError("require_key must not be empty")
+        if self.encoding not in get_args(Encoding):
+            raise ValueError(f"encoding must be one of {', '.join(get_args(Encoding))}")
 
 
 def _non_negative_float(text: str) -> float:
@@ -97,6 +107,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="do not send ': OPENROUTER PROCESSING' comments",
     )
+    parser.add_argument(
+        "--encoding",
+        choices=get_args(Encoding),
+        default="compact",
+        help="JSON spelling of chunks and bodies (default %(default)s)",
+    )
+    parser.add_argument(
+        "--generation-delay-ms",
+        type=_non_negative_float,
+        default=1000.0,
+        help="how long GET /generation answers 404 after a generation ends "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--default-credits-usd",
+        type=_non_negative_float,
+        default=10.0,
+        help="credits of a person first seen at sign-in (default %(default)s)",
+    )
 
 
 def settings_from_args(ns: argparse.Namespace) -> FakeUpstreamSettings:
@@ -107,6 +136,9 @@ def settings_from_args(ns: argparse.Namespace) -> FakeUpstreamSettings:
         chunks=ns.chunks,
         require_key=ns.require_key,
         processing_comments=ns.processing_comments,
+        encoding=ns.encoding,
+        generation_delay_ms=ns.generation_delay_ms,
+        default_credits_usd=ns.default_credits_usd,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from starlette.types import Receive, Send
@@ -62,26 +62,82 @@ class ClientWatch:
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
-    """What one chat completion request will produce, decided before the first byte."""
-
-    head: wire.Head
-    knobs: Knobs
-    model_id: str
-    prompt_tokens: int
-    chunks: int
-    finish: str
-    headers: list[tuple[bytes, bytes]]
-
-
-@dataclass(frozen=True, slots=True)
 class Outcome:
-    """What a generation produced: the basis of its `/generation` record."""
+    """What a generation produced and was billed: the basis of its record and its bill.
+
+    `completion` counts every billed completion token (content and hidden reasoning);
+    `tail_s` is how long a provider that cannot cancel keeps generating after an abort.
+    """
 
     sent: int
+    completion: int
     reasoning: int
     finish: str | None
     cancelled: bool
+    tail_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one chat completion request will produce, decided before the first byte.
+
+    `chunks` content tokens follow `reasoning` hidden reasoning tokens, together within
+    the request's bound; `extra_reasoning` (a fault) bills more hidden tokens past it.
+    """
+
+    head: wire.Head
+    knobs: Knobs
+    writer: wire.Writer
+    model_id: str
+    prompt_tokens: int
+    chunks: int
+    reasoning: int
+    finish: str
+    headers: list[tuple[bytes, bytes]]
+    comments: bool
+    include_usage: bool
+    cancellable: bool
+    key: str
+
+    @property
+    def extra_reasoning(self) -> int:
+        """Hidden tokens billed past the bound by the `extra_reasoning` fault."""
+        return self.knobs.hidden_tokens if self.knobs.fault == "extra_reasoning" else 0
+
+    def full(self, *, cancelled: bool, tail_s: float = 0.0) -> Outcome:
+        """The whole planned generation, as billed when it ran to its end."""
+        reasoning = self.reasoning + self.extra_reasoning
+        return Outcome(
+            sent=self.chunks,
+            completion=self.chunks + reasoning,
+            reasoning=reasoning,
+            finish=self.finish,
+            cancelled=cancelled,
+            tail_s=tail_s,
+        )
+
+    def aborted(self, sent: int, *, reasoned: bool) -> Outcome:
+        """The outcome of an abort after `sent` content chunks (`reasoned`: past the wait).
+
+        A cancellable provider stops and bills what it generated; one that cannot cancel
+        runs to its end, billed in full, for the time the rest would have taken.
+        """
+        if not self.cancellable:
+            k = self.knobs
+            rest = (self.chunks - sent) * k.gap_ms + (0 if reasoned else k.ttft_ms)
+            full = self.full(cancelled=True, tail_s=rest / 1000)
+            return Outcome(
+                sent=sent,
+                completion=full.completion,
+                reasoning=full.reasoning,
+                finish=full.finish,
+                cancelled=True,
+                tail_s=full.tail_s,
+            )
+        reasoning = self.reasoning if reasoned else 0
+        return Outcome(
+            sent=sent, completion=sent + reasoning, reasoning=reasoning, finish=None, cancelled=True
+        )
 
 
 async def _send_event(send: Send, data: bytes) -> None:
@@ -92,7 +148,7 @@ async def _first_token_wait(plan: Plan, send: Send, watch: ClientWatch) -> bool:
     """Wait the time to first token, with keep-alive comments; True if the client left."""
     k = plan.knobs
     remaining = k.ttft_ms / 1000
-    if k.processing_comments:
+    if plan.comments:
         interval = k.comment_interval_ms / 1000
         while remaining > interval:
             if await watch.pause(interval):
@@ -104,56 +160,59 @@ async def _first_token_wait(plan: Plan, send: Send, watch: ClientWatch) -> bool:
 
 async def stream_completion(plan: Plan, send: Send, watch: ClientWatch) -> Outcome:
     """Stream the completion, or as much of it as the request's fault allows."""
-    k = plan.knobs
+    k, writer = plan.knobs, plan.writer
     await send({"type": "http.response.start", "status": 200, "headers": plan.headers})
-    if k.processing_comments:
+    if plan.comments:
         await _send_event(send, wire.COMMENT)
     if await _first_token_wait(plan, send, watch):
-        return Outcome(sent=0, reasoning=0, finish=None, cancelled=True)
+        return plan.aborted(0, reasoned=False)
+    if (first := writer.first()) is not None:
+        await _send_event(send, first)
 
-    content = wire.stream_content_event(plan.head, k.chunk_text)
+    content = writer.content(k.chunk_text)
     gap = k.gap_ms / 1000
     fault_at = min(k.fault_after, plan.chunks) if k.fault in _MID_STREAM_FAULTS else -1
-    sent = 0
-    for i in range(plan.chunks + 1):
-        if i == fault_at:
+    for sent in range(plan.chunks + 1):  # `sent` content chunks are out at the top
+        if sent == fault_at:
             if k.fault == "malformed":
                 await _send_event(send, wire.MALFORMED)
             elif k.fault == "mid_stream_error":
                 message = k.message or "Provider disconnected unexpectedly"
-                event = wire.mid_stream_error_event(plan.head, code=k.error_code, message=message)
-                await _send_event(send, event)
+                await _send_event(send, writer.stream_error(code=k.error_code, message=message))
                 await send({"type": "http.response.body", "body": wire.DONE})
-                return Outcome(sent=sent, reasoning=0, finish="error", cancelled=False)
+                return Outcome(
+                    sent=sent,
+                    completion=sent + plan.reasoning,
+                    reasoning=plan.reasoning,
+                    finish="error",
+                    cancelled=False,
+                )
             else:
                 if k.fault == "hang_mid_stream":
                     await watch.pause(HANG_S)
                 # Returning before the last body message makes uvicorn close the
                 # connection: the client sees a chunked body that never ends.
-                return Outcome(sent=sent, reasoning=0, finish=None, cancelled=True)
-        if i == plan.chunks:
+                return plan.aborted(sent, reasoned=True)
+        if sent == plan.chunks:
             break
-        if i and gap > 0 and await watch.pause(gap):
-            return Outcome(sent=sent, reasoning=0, finish=None, cancelled=True)
+        if sent and gap > 0 and await watch.pause(gap):
+            return plan.aborted(sent, reasoned=True)
         await _send_event(send, content)
-        sent += 1
 
-    reasoning = k.hidden_tokens if k.fault == "extra_reasoning" else 0
-    await _send_event(send, wire.finish_event(plan.head, plan.finish))
-    if k.fault != "no_usage":
-        completion = sent + reasoning
+    outcome = plan.full(cancelled=False)
+    await _send_event(send, writer.finish(plan.finish))
+    if plan.include_usage:
         cost = wire.cost_of(
-            model_id=plan.model_id, prompt=plan.prompt_tokens, completion=completion
+            model_id=plan.model_id, prompt=plan.prompt_tokens, completion=outcome.completion
         )
-        usage = wire.usage_event(
-            plan.head,
+        usage = writer.usage(
             prompt=plan.prompt_tokens,
-            completion=completion,
-            reasoning=reasoning,
+            completion=outcome.completion,
+            reasoning=outcome.reasoning,
             cost=None if k.fault == "usage_without_cost" else cost,
-            repeat_finish=plan.finish if k.usage_with_choice else None,
+            finish=plan.finish,
         )
         await _send_event(send, usage)
-    cancelled = watch.gone  # read before the last message, which ends the watch itself
+    gone = watch.gone  # read before the last message, which ends the watch itself
     await send({"type": "http.response.body", "body": wire.DONE})
-    return Outcome(sent=sent, reasoning=reasoning, finish=plan.finish, cancelled=cancelled)
+    return replace(outcome, cancelled=True) if gone else outcome

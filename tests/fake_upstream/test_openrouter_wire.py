@@ -1,130 +1,46 @@
-"""The simulated OpenRouter, run as its own process and driven over loopback."""
+"""The simulated OpenRouter's wire format, errors, faults and timing, over loopback."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import re
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from e2e.harness import free_port, stop_process, wait_healthy
 
 from gateway.fake_upstream import (
     MODELS,
     FakeUpstreamSettings,
     add_arguments,
-    create_app,
     price_of,
     settings_from_args,
 )
-from gateway.fake_upstream import app as fake_app
+
+from .helpers import (
+    COMMENT,
+    DONE,
+    HELLO_PROMPT_TOKENS,
+    KEY,
+    MINI_COMPLETION,
+    MINI_PROMPT,
+    Upstream,
+    generation,
+    read_into,
+    wait_idle,
+)
+from .helpers import chat as _request
+from .helpers import data as _json
+from .helpers import events as _events
+from .helpers import stream as _stream
 
 pytestmark = pytest.mark.e2e
 
 GEN_ID = re.compile(r"gen-\d+-[A-Za-z0-9]{20}")
-COMMENT = b": OPENROUTER PROCESSING"
-DONE = b"data: [DONE]"
-KEY = "sk-or-v1-test"
-MINI_PROMPT, MINI_COMPLETION = Decimal("0.00000015"), Decimal("0.0000006")
-# "hello world" is 11 UTF-8 bytes: ceil(11 / 4) + 3 for the one message.
-HELLO_PROMPT_TOKENS = 6
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """A running fake-upstream process."""
-
-    port: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api/v1"
-
-
-def _start(log: Path, *extra: str) -> Iterator[Upstream]:
-    port = free_port()
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.fake_upstream", "--port", str(port), *extra],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}/healthz", process, log, "fake upstream")
-        yield Upstream(port=port, process=process)
-    finally:
-        stop_process(process)
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
-    yield from _start(tmp_path_factory.mktemp("fake") / "stderr.log")
-
-
-@pytest.fixture(scope="module")
-def keyed_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
-    yield from _start(tmp_path_factory.mktemp("keyed") / "stderr.log", "--require-key", KEY)
-
-
-@pytest.fixture
-def client(upstream: Upstream) -> Iterator[httpx.Client]:
-    headers = {"authorization": f"Bearer {KEY}"}
-    with httpx.Client(base_url=upstream.api, headers=headers, timeout=10) as c:
-        yield c
-
-
-def _request(*, stream: bool = True, model: str = "openai/gpt-4o-mini", **fake: Any) -> Any:
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [{"role": "user", "content": "hello world"}],
-        "stream": stream,
-    }
-    if fake:
-        body["fake"] = fake
-    return body
-
-
-def _events(raw: bytes) -> list[bytes]:
-    assert raw.endswith(b"\n\n"), raw[-80:]
-    return raw[:-2].split(b"\n\n")
-
-
-def _json(event: bytes) -> Any:
-    assert event.startswith(b"data: "), event
-    return json.loads(event[6:], parse_float=Decimal)
-
-
-def _stream(client: httpx.Client, body: Any) -> tuple[httpx.Response, list[bytes]]:
-    with client.stream("POST", "/chat/completions", json=body) as response:
-        raw = response.read()
-    return response, _events(raw)
-
-
-def _read_into(response: httpx.Response, received: bytearray) -> None:
-    for part in response.iter_raw():
-        received += part
-
-
-def _health(upstream: Upstream) -> Any:
-    return httpx.get(f"http://127.0.0.1:{upstream.port}/healthz", timeout=5).json()
-
-
-def _wait_idle(upstream: Upstream) -> None:
-    deadline = time.monotonic() + 10
-    while _health(upstream)["in_flight"] != 0:
-        assert time.monotonic() < deadline, "a request stayed open after its client left"
-        time.sleep(0.05)
 
 
 # --- the normal stream, byte by byte ------------------------------------------------
@@ -414,15 +330,15 @@ def test_required_key(keyed_upstream: Upstream) -> None:
 
 def test_reset_breaks_the_chunked_body(client: httpx.Client, upstream: Upstream) -> None:
     received = bytearray()
-    body = _request(fault="reset", fault_after=3)
+    body = _request(fault="reset", fault_after=3, generation_delay_ms=0)
     with client.stream("POST", "/chat/completions", json=body) as response:
         generation_id = response.headers["x-generation-id"]
         with pytest.raises(httpx.RemoteProtocolError):
-            _read_into(response, received)
+            read_into(response, received)
     assert received.count(b'"content":"tok "') == 3
     assert DONE not in received
-    _wait_idle(upstream)
-    record = client.get("/generation", params={"id": generation_id}).json()["data"]
+    wait_idle(upstream)
+    record = generation(client, generation_id)
     assert record["cancelled"] is True
     assert record["tokens_completion"] == 3
 
@@ -437,7 +353,7 @@ def test_hang_sends_nothing_and_ends_when_the_client_leaves(
                 "/chat/completions", json=_request(stream=stream, fault="hang"), timeout=0.5
             )
         assert time.monotonic() - started >= 0.48
-        _wait_idle(upstream)
+        wait_idle(upstream)
 
 
 def test_hang_mid_stream_goes_silent(client: httpx.Client, upstream: Upstream) -> None:
@@ -448,10 +364,10 @@ def test_hang_mid_stream_goes_silent(client: httpx.Client, upstream: Upstream) -
         client.stream("POST", "/chat/completions", json=body, timeout=timeout) as response,
         pytest.raises(httpx.ReadTimeout),
     ):
-        _read_into(response, received)
+        read_into(response, received)
     assert received.count(b'"content":"tok "') == 2
     assert b'"finish_reason":"stop"' not in received
-    _wait_idle(upstream)
+    wait_idle(upstream)
 
 
 def test_malformed_event_then_the_stream_goes_on(client: httpx.Client) -> None:
@@ -562,60 +478,6 @@ def test_non_stream_honours_ttft(client: httpx.Client) -> None:
     assert time.monotonic() - started >= 0.28
 
 
-def test_client_leaving_mid_stream_stops_the_generation(
-    client: httpx.Client, upstream: Upstream
-) -> None:
-    body = _request(gap_ms=200, chunks=50)
-    with client.stream("POST", "/chat/completions", json=body) as response:
-        generation_id = response.headers["x-generation-id"]
-        for part in response.iter_raw():
-            if b'"content":"tok "' in part:
-                break
-    _wait_idle(upstream)
-    record = client.get("/generation", params={"id": generation_id}).json()["data"]
-    assert record["cancelled"] is True
-    assert 1 <= record["tokens_completion"] < 50
-
-
-# --- generations, the last request, the SDK -----------------------------------------
-
-
-def test_generation_lookup(client: httpx.Client) -> None:
-    response, events = _stream(client, _request(chunks=7))
-    usage = _json(events[-2])["usage"]
-    generation_id = response.headers["x-generation-id"]
-    found = client.get("/generation", params={"id": generation_id})
-    assert found.status_code == 200
-    data = json.loads(found.content, parse_float=Decimal)["data"]
-    assert data["id"] == generation_id
-    assert data["model"] == "openai/gpt-4o-mini"
-    assert data["tokens_prompt"] == usage["prompt_tokens"]
-    assert data["tokens_completion"] == 7
-    assert data["total_cost"] == usage["cost"]
-    assert data["streamed"] is True
-    assert data["cancelled"] is False
-    assert data["finish_reason"] == "stop"
-
-    missing = client.get("/generation", params={"id": "gen-0-nothing"})
-    assert missing.status_code == 404
-    assert missing.json()["error"]["message"] == "Generation gen-0-nothing not found"
-
-
-async def test_generations_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fake_app, "MAX_GENERATIONS", 3)
-    transport = httpx.ASGITransport(app=create_app(FakeUpstreamSettings(chunks=1)))
-    headers = {"authorization": "Bearer x"}
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://fake/api/v1", headers=headers
-    ) as c:
-        ids = []
-        for _ in range(4):
-            response = await c.post("/chat/completions", json=_request(stream=False))
-            ids.append(response.headers["x-generation-id"])
-        found = [(await c.get("/generation", params={"id": i})).status_code for i in ids]
-    assert found == [404, 200, 200, 200]
-
-
 def test_last_request_shows_what_was_forwarded(client: httpx.Client) -> None:
     body = _request(stream=False, chunks=1)
     client.post("/chat/completions", json=body, headers={"X-Title": "Shop", "HTTP-Referer": "x"})
@@ -662,11 +524,20 @@ def test_flags_become_settings() -> None:
     assert (defaults.host, defaults.port) == ("127.0.0.1", 8788)
     assert settings_from_args(defaults) == FakeUpstreamSettings()
     ns = parser.parse_args(
-        ["--ttft-ms", "5", "--gap-ms", "1.5", "--chunks", "3", "--require-key", "k"]
+        ["--ttft-ms", "5", "--gap-ms", "1.5", "--chunks", "3", "--require-key", "k",
+         "--encoding", "spaced", "--generation-delay-ms", "0", "--default-credits-usd", "2.5"]
     )
     assert settings_from_args(ns) == FakeUpstreamSettings(
-        ttft_ms=5, gap_ms=1.5, chunks=3, require_key="k"
+        ttft_ms=5,
+        gap_ms=1.5,
+        chunks=3,
+        require_key="k",
+        encoding="spaced",
+        generation_delay_ms=0,
+        default_credits_usd=2.5,
     )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--encoding", "pretty"])
     with pytest.raises(SystemExit):
         parser.parse_args(["--gap-ms", "-1"])
     with pytest.raises(ValueError, match="chunks"):
