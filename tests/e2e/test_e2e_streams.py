@@ -38,13 +38,18 @@ COMMENT = b": OPENROUTER PROCESSING"
 
 
 def generation(fake: FakeUpstream, generation_id: str) -> dict[str, Any]:
-    """The upstream's own record of a generation (cancelled or not, tokens produced)."""
-    response = httpx.get(
-        f"{fake.api}/generation", params={"id": generation_id},
-        headers={"Authorization": "Bearer sk-or-v1-e2e"}, timeout=5,
-    )
-    assert response.status_code == 200
-    data: dict[str, Any] = response.json()["data"]
+    """The upstream's own record of a generation (cancelled or not, tokens produced).
+
+    Like OpenRouter's, it answers 404 for a moment after the generation ends.
+    """
+    def lookup() -> httpx.Response:
+        return httpx.get(
+            f"{fake.api}/generation", params={"id": generation_id},
+            headers={"Authorization": "Bearer sk-or-v1-e2e"}, timeout=5,
+        )
+
+    assert wait_until(lambda: lookup().status_code == 200, timeout=10, interval=0.1)
+    data: dict[str, Any] = lookup().json()["data"]
     return data
 
 
