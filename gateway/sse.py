@@ -15,8 +15,14 @@ from typing import Final
 
 DONE: Final = b"[DONE]"
 
-# The strings inside a chunk that carry generated tokens.
-_TOKEN_KEYS: Final = (b'"content":"', b'"reasoning":"', b'"arguments":"', b'"refusal":"')
+# The keys whose values are generated text (every spelling of a chunk carries them under
+# these names; a key written with escapes is caught by the check in ``token_bound``).
+_TOKEN_KEYS: Final = (
+    b'"content"', b'"reasoning"', b'"reasoning_content"', b'"arguments"', b'"refusal"',
+    b'"text"', b'"name"', b'"summary"', b'"data"',
+)
+# JSON's insignificant whitespace.
+_SPACE: Final = frozenset(b" \t\r\n")
 
 
 # What the relay must read itself when it occurs in an event (found with ``bytes.find``;
@@ -40,26 +46,56 @@ def _string_end(buf: bytes, start: int, stop: int) -> int:
     return stop
 
 
+def _value_at(buf: bytes, pos: int, stop: int) -> int:
+    """Where the value after a key ending at ``pos`` starts (past ``:`` and whitespace);
+    -1 when no ``:`` follows (the match was a value, not a key)."""
+    while pos < stop and buf[pos] in _SPACE:
+        pos += 1
+    if pos >= stop or buf[pos] != 0x3A:  # ':'
+        return -1
+    pos += 1
+    while pos < stop and buf[pos] in _SPACE:
+        pos += 1
+    return pos
+
+
 def token_bound(buf: bytes, start: int = 0, stop: int | None = None) -> int:
     """An upper bound on the tokens the chunks in ``buf[start:stop]`` carry: the bytes of
-    their text fields.
+    their text fields, whatever the JSON spelling (spaces, key order, escapes).
 
     Byte-level BPE tokens each decode to at least one byte, so the byte length of the
     generated text (escapes counted as written, which only over-counts) bounds the
     token count from above. Hidden reasoning tokens are the exception; the upstream's
     usage chunk reports them and settlement charges them. Over a run of whole events the
-    bound is the sum of theirs: a raw key cannot straddle two well-formed events.
+    bound is the sum of theirs: a key cannot straddle two well-formed events.
+
+    A text value that is not a string (an array of parts) counts every byte from it to
+    the end of the run. A key spelled with escapes (``"\\u0063ontent"``) would escape the
+    byte search, so when a ``\\u`` escape stands anywhere but inside the text values
+    found, every byte of the run counts: still a bound, and such upstreams are rare.
     """
     if stop is None:
         stop = len(buf)
     total = 0
+    escapes_in_text = 0
     for key in _TOKEN_KEYS:
         pos = buf.find(key, start, stop)
         while pos != -1:
-            begin = pos + len(key)
-            end = _string_end(buf, begin, stop)
-            total += end - begin
+            value = _value_at(buf, pos + len(key), stop)
+            if value == -1:
+                pos = buf.find(key, pos + len(key), stop)
+                continue
+            if value < stop and buf[value] == 0x22:  # '"': a string
+                end = _string_end(buf, value + 1, stop)
+                total += end - value - 1
+                escapes_in_text += buf.count(b"\\u", value + 1, end)
+            elif value < stop and buf[value] in b"[{":
+                return stop - start  # parts: everything from here on may be text
+            else:
+                end = value  # null, a number or a boolean: no text
             pos = buf.find(key, end, stop)
+    if buf.count(b"\\u", start, stop) != escapes_in_text:
+        return stop - start
     return total
 
 
