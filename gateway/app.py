@@ -29,11 +29,12 @@ from gateway.config import Settings, load_settings
 from gateway.consent import BrowserGuard, consent_routes, open_consent
 from gateway.errors import GatewayError, InternalError, MethodNotAllowed, NotFound
 from gateway.live import LiveStreams
+from gateway.lookups import Lookups
 from gateway.observability import AccessLogMiddleware, Metrics, configure_logging
 from gateway.proxy import ChatCompletions
 from gateway.state import GatewayState
 from gateway.store import make_store
-from gateway.upstream import Upstream
+from gateway.upstreams import Upstreams
 
 log = logging.getLogger("wattfare")
 
@@ -124,23 +125,24 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         settings = self.settings
-        if not settings.upstream.api_key:
-            log.warning(
-                "environment variable %s is not set: the upstream will refuse requests",
-                settings.upstream.api_key_env,
-            )
+        for up in settings.upstreams:
+            if up.api_key_env and not up.api_key:
+                log.warning(
+                    "environment variable %s is not set: upstream %r will refuse requests",
+                    up.api_key_env, up.name,
+                )
         store = make_store(settings.store)
         await store.open()
         reconciled = await store.reconcile_stale_holds()
         if reconciled:
             log.warning("settled %d hold(s) left by a lost process", reconciled)
             self.metrics.reconciled.inc(reconciled)
-        upstream = Upstream(settings.upstream)
+        upstreams = Upstreams(settings.upstreams)
         state = GatewayState(
             settings=settings,
             store=store,
             auth=Authenticator(store),
-            upstream=upstream,
+            upstreams=upstreams,
             metrics=self.metrics,
             live=LiveStreams(),
         )
@@ -157,12 +159,15 @@ class Gateway:
                 state.live.revoke(key)
 
         async def reconcile() -> None:
-            count = await store.reconcile_stale_holds()
+            count = await store.reconcile_stale_holds(live_request_ids=chat.in_flight)
             if count:
                 log.warning("settled %d hold(s) left by a lost process", count)
                 self.metrics.reconciled.inc(count)
 
+        chat = self._chat
+        lookups = Lookups(store, upstreams, chat.settler, self.metrics)
         tasks = [
+            asyncio.create_task(lookups.run()),
             asyncio.create_task(_every(HEARTBEAT_S, store.heartbeat, "heartbeat")),
             asyncio.create_task(_every(RECONCILE_S, reconcile, "reconcile")),
             asyncio.create_task(_every(REVOCATION_POLL_S, poll_revocations, "revocations")),
@@ -176,7 +181,7 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._chat = None
-            await upstream.aclose()
+            await upstreams.aclose()
             await store.close()
             self.state = None
 

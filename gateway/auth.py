@@ -23,7 +23,6 @@ from typing import Any, Literal, TypeVar
 
 import jwt
 
-from gateway.config import NANO_PER_USD
 from gateway.errors import InvalidApiKey, InvalidRequest, InvalidSession, SessionExpired
 from gateway.keys import (
     PUBLISHABLE_KEY_RE,
@@ -32,6 +31,7 @@ from gateway.keys import (
     parse_publishable_key,
     secret_key_hash,
 )
+from gateway.money import NANO_PER_USD
 from gateway.store.base import App, Store
 from gateway.tokens import AUDIENCE, MAX_LIFETIME_S, valid_user_id
 

@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from gateway.config import NANO_PER_USD, ConfigError, Settings, load_settings
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.money import NANO_PER_USD
 from gateway.observability import configure_logging
 from gateway.store import make_store
 from gateway.store.base import App, NewApp, UnknownApp

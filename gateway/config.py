@@ -12,12 +12,13 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-NANO_PER_USD = 1_000_000_000
+from gateway.metering import Price
+from gateway.money import NANO_PER_USD, pico_per_token_from_per_million
 
 
 class ConfigError(ValueError):
@@ -35,7 +36,21 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfiguredPrice:
+    """A price from ``[upstream.prices]`` (given in USD per million tokens)."""
+
+    price: Price
+    max_completion_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamSettings:
+    name: str = "default"
+    kind: str = "openrouter"
+    prices: Mapping[str, ConfiguredPrice] = field(default_factory=dict)
+    # For an upstream of ``[upstreams.NAME]``: the model ids (or fnmatch patterns) routed
+    # to it; the default upstream serves every other model.
+    models: tuple[str, ...] = ()
     base_url: str = "https://openrouter.ai/api/v1"
     api_key_env: str = "OPENROUTER_API_KEY"
     api_key: str = ""
@@ -83,11 +98,18 @@ class ConsentSettings:
 @dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings = ServerSettings()
+    # The default upstream (``[upstream]``) and the named ones (``[upstreams.NAME]``).
     upstream: UpstreamSettings = UpstreamSettings()
+    named_upstreams: tuple[UpstreamSettings, ...] = ()
     store: StoreSettings = StoreSettings()
     metering: MeteringSettings = MeteringSettings()
     consent: ConsentSettings = ConsentSettings()
     source: str = "<defaults>"
+
+    @property
+    def upstreams(self) -> tuple[UpstreamSettings, ...]:
+        """Every upstream, the default first, then the named ones in file order."""
+        return (self.upstream, *self.named_upstreams)
 
 
 # --- validation helpers: each returns the value or raises with the key's name -------------
@@ -145,12 +167,94 @@ def _choice(section: str, key: str, value: Any, choices: tuple[str, ...]) -> str
     return str(value)
 
 
+def _price_entry(section: str, model: str, value: Any) -> ConfiguredPrice:
+    where = f"{section}.prices.{model}"
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: must be a table like {{ prompt = 0.15, completion = 0.6 }}")
+    unknown = sorted(set(value) - {"prompt", "completion", "request", "max_completion_tokens"})
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key")
+    for key in ("prompt", "completion"):
+        if key not in value:
+            raise ConfigError(f"{where}.{key}: missing (USD per million tokens)")
+    per_million = {
+        key: _number(where, key, value.get(key, 0), minimum=0, strict=False)
+        for key in ("prompt", "completion", "request")
+    }
+    for key, amount in per_million.items():
+        if amount > 1e6:
+            raise ConfigError(f"{where}.{key}: must be at most 1e6, got {amount!r}")
+    limit = value.get("max_completion_tokens")
+    return ConfiguredPrice(
+        price=Price(
+            prompt=pico_per_token_from_per_million(per_million["prompt"]),
+            completion=pico_per_token_from_per_million(per_million["completion"]),
+            # A per-request price is given in USD per request, not per million.
+            request=pico_per_token_from_per_million(per_million["request"] * 1e6),
+        ),
+        max_completion_tokens=None if limit is None else _integer(
+            where, "max_completion_tokens", limit, minimum=1, maximum=10_000_000
+        ),
+    )
+
+
+def _upstream(
+    section: str, u: Mapping[str, Any], env: Mapping[str, str], *, name: str
+) -> UpstreamSettings:
+    du = UpstreamSettings()
+    kind = _choice(section, "kind", u.get("kind", du.kind), ("openrouter", "openai"))
+    key_env = u.get("api_key_env", du.api_key_env)
+    if not isinstance(key_env, str):
+        raise ConfigError(f"{section}.api_key_env: must be a string, got {key_env!r}")
+    prices = u.get("prices", {})
+    if not isinstance(prices, dict):
+        raise ConfigError(f"{section}.prices: must be a table of model = {{ prompt, completion }}")
+    patterns = u.get("models", [])
+    if not isinstance(patterns, list) or not all(
+        isinstance(p, str) and p.strip() for p in patterns
+    ):
+        raise ConfigError(f"{section}.models: must be a list of model ids or patterns")
+    return UpstreamSettings(
+        name=name,
+        kind=kind,
+        base_url=_http_url(section, "base_url", u.get("base_url", du.base_url)).rstrip("/"),
+        api_key_env=key_env,
+        api_key=env.get(key_env, "") if key_env else "",
+        prices={model: _price_entry(section, model, v) for model, v in prices.items()},
+        models=tuple(patterns),
+        connect_timeout_s=_number(
+            section, "connect_timeout_s", u.get("connect_timeout_s", du.connect_timeout_s),
+            minimum=0, strict=True,
+        ),
+        first_byte_timeout_s=_number(
+            section, "first_byte_timeout_s",
+            u.get("first_byte_timeout_s", du.first_byte_timeout_s), minimum=0, strict=True,
+        ),
+        idle_timeout_s=_number(
+            section, "idle_timeout_s", u.get("idle_timeout_s", du.idle_timeout_s),
+            minimum=0, strict=True,
+        ),
+        models_ttl_s=_number(
+            section, "models_ttl_s", u.get("models_ttl_s", du.models_ttl_s),
+            minimum=0, strict=True,
+        ),
+        max_connections=_integer(
+            section, "max_connections", u.get("max_connections", du.max_connections),
+            minimum=1, maximum=100_000,
+        ),
+        transport=_choice(
+            section, "transport", u.get("transport", du.transport), ("aiohttp", "httpx")
+        ),
+    )
+
+
 _KNOWN: dict[str, set[str]] = {
     "server": {"host", "port", "public_url", "max_body_bytes", "access_log", "workers"},
     "upstream": {
-        "base_url", "api_key_env", "connect_timeout_s", "first_byte_timeout_s",
+        "kind", "base_url", "api_key_env", "prices", "connect_timeout_s", "first_byte_timeout_s",
         "idle_timeout_s", "models_ttl_s", "max_connections", "transport",
     },
+    "upstreams": set(),
     "store": {"backend", "path", "busy_timeout_ms"},
     "metering": {
         "default_monthly_usd", "default_max_tokens", "min_completion_tokens",
@@ -203,37 +307,26 @@ def settings_from_mapping(
         workers=_integer("server", "workers", s.get("workers", d.workers), minimum=1, maximum=64),
     )
 
-    u = _section(raw, "upstream")
-    du = UpstreamSettings()
-    key_env = _string("upstream", "api_key_env", u.get("api_key_env", du.api_key_env))
-    upstream = UpstreamSettings(
-        base_url=_http_url("upstream", "base_url", u.get("base_url", du.base_url)),
-        api_key_env=key_env,
-        api_key=env.get(key_env, ""),
-        connect_timeout_s=_number(
-            "upstream", "connect_timeout_s", u.get("connect_timeout_s", du.connect_timeout_s),
-            minimum=0, strict=True,
-        ),
-        first_byte_timeout_s=_number(
-            "upstream", "first_byte_timeout_s",
-            u.get("first_byte_timeout_s", du.first_byte_timeout_s), minimum=0, strict=True,
-        ),
-        idle_timeout_s=_number(
-            "upstream", "idle_timeout_s", u.get("idle_timeout_s", du.idle_timeout_s),
-            minimum=0, strict=True,
-        ),
-        models_ttl_s=_number(
-            "upstream", "models_ttl_s", u.get("models_ttl_s", du.models_ttl_s),
-            minimum=0, strict=True,
-        ),
-        max_connections=_integer(
-            "upstream", "max_connections", u.get("max_connections", du.max_connections),
-            minimum=1, maximum=100_000,
-        ),
-        transport=_choice(
-            "upstream", "transport", u.get("transport", du.transport), ("aiohttp", "httpx")
-        ),
-    )
+    upstream = _upstream("upstream", _section(raw, "upstream"), env, name="default")
+    extra = raw.get("upstreams", {})
+    if not isinstance(extra, dict):
+        raise ConfigError("upstreams: must be a table of named upstreams")
+    upstreams = [upstream]
+    for name, table in extra.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"upstreams.{name}: must be a table")
+        if name == "default" or not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"upstreams.{name}: a name of letters, digits, '-' and '_'")
+        unknown_keys = sorted(set(table) - _KNOWN["upstream"] - {"models"})
+        if unknown_keys:
+            raise ConfigError(f"upstreams.{name}.{unknown_keys[0]}: unknown key")
+        named = _upstream(f"upstreams.{name}", table, env, name=name)
+        if not named.models:
+            raise ConfigError(
+                f"upstreams.{name}.models: must list the model ids (or patterns such as "
+                f"'local/*') this upstream serves"
+            )
+        upstreams.append(named)
 
     st = _section(raw, "store")
     ds = StoreSettings()
@@ -271,8 +364,8 @@ def settings_from_mapping(
         ),
     )
     return Settings(
-        server=server, upstream=upstream, store=store, metering=metering,
-        consent=_consent(raw, env), source=source,
+        server=server, upstream=upstream, named_upstreams=tuple(upstreams[1:]), store=store,
+        metering=metering, consent=_consent(raw, env), source=source,
     )
 
 

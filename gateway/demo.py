@@ -37,6 +37,7 @@ stream = client.chat.completions.create(
     model="openai/gpt-4o-mini",
     messages=[{{"role": "user", "content": "Say hello"}}],
     stream=True,
+    stream_options={{"include_usage": True}},
 )
 for chunk in stream:
     if chunk.choices:

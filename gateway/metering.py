@@ -1,9 +1,9 @@
-"""Pricing and estimates: how much to hold before a request, and what it cost after.
+"""Prices and estimates: how much to hold before a request.
 
-Prices come from the upstream's model list as strings of USD per token. Inside they are
-integers of pico-USD per token (OpenRouter's cheapest prices are fractions of a nano-USD
-per token), and every cost is rounded *up* to whole nano-USD, so an estimate never
-undercounts.
+A price is integer pico-USD per token (see :mod:`gateway.money`), and every cost is
+rounded *up* to whole nano-USD, so an estimate never undercounts. Where prices come from
+(the upstream's model list, or the configuration) is each upstream kind's business
+(:mod:`gateway.upstreams`).
 
 Prompt estimates count UTF-8 bytes of the text (each token decodes to at least one byte),
 plus a generous bound per message and per image, so they are upper bounds.
@@ -11,14 +11,13 @@ plus a generous bound per message and per image, so they are upper bounds.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
 
-PICO_PER_NANO = 1000
+from gateway.money import PICO_PER_NANO, PICO_PER_USD
+
 PER_MESSAGE_TOKENS = 8
 BASE_PROMPT_TOKENS = 16
 # Image and audio parts are billed by the provider's own rules; this bounds them.
@@ -43,6 +42,13 @@ class Price:
             return 1 << 30
         return max(0, nano * PICO_PER_NANO // self.completion)
 
+    def as_pricing(self) -> dict[str, str]:
+        """As a model list's ``pricing`` object: USD per token, as strings."""
+        return {
+            "prompt": _usd_string(self.prompt), "completion": _usd_string(self.completion),
+            "request": _usd_string(self.request),
+        }
+
     def max(self, other: Price) -> Price:
         return Price(
             prompt=max(self.prompt, other.prompt),
@@ -51,63 +57,9 @@ class Price:
         )
 
 
-def pico_per_token(value: Any) -> int | None:
-    """A price string such as ``"0.00000015"`` as pico-USD; None if variable (negative)."""
-    try:
-        usd = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-    if not usd.is_finite() or usd < 0:
-        return None
-    return math.ceil(usd * 1_000_000_000_000)
-
-
-@dataclass(frozen=True, slots=True)
-class Catalog:
-    """The upstream's model list: the raw body (served as is) and parsed prices."""
-
-    body: bytes
-    prices: dict[str, Price]
-    ceiling: Price
-
-    @classmethod
-    def parse(cls, body: bytes) -> Catalog:
-        """Raises ValueError if ``body`` is not a model list."""
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError("model list is not JSON") from exc
-        data = doc.get("data") if isinstance(doc, dict) else None
-        if not isinstance(data, list):
-            raise ValueError("model list has no 'data' array")
-        prices: dict[str, Price] = {}
-        variable: list[str] = []
-        for entry in data:
-            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
-                continue
-            pricing = entry.get("pricing")
-            pricing = pricing if isinstance(pricing, dict) else {}
-            prompt = pico_per_token(pricing.get("prompt", "0"))
-            completion = pico_per_token(pricing.get("completion", "0"))
-            request = pico_per_token(pricing.get("request", "0")) or 0
-            if prompt is None or completion is None:
-                variable.append(entry["id"])
-                continue
-            prices[entry["id"]] = Price(prompt, completion, request)
-        ceiling = Price(0, 0, 0)
-        for price in prices.values():
-            ceiling = ceiling.max(price)
-        # A router whose price depends on the model it picks is held at the ceiling.
-        for model_id in variable:
-            prices[model_id] = ceiling
-        return cls(body=body, prices=prices, ceiling=ceiling)
-
-    def price_of(self, model: str) -> Price | None:
-        """The price of ``model`` (``model:variant`` falls back to ``model``), or None."""
-        price = self.prices.get(model)
-        if price is None and ":" in model:
-            price = self.prices.get(model.rsplit(":", 1)[0])
-        return price
+def _usd_string(pico: int) -> str:
+    whole, frac = divmod(pico, PICO_PER_USD)
+    return f"{whole}.{frac:012d}".rstrip("0").rstrip(".") if frac else str(whole)
 
 
 def _text_bytes(content: Any) -> int:
@@ -142,25 +94,3 @@ def prompt_token_bound(body: dict[str, Any]) -> int:
         if key in body:
             total += len(orjson.dumps(body[key]))
     return total
-
-
-def usage_cost_nano(usage: dict[str, Any], price: Price) -> tuple[int, str, int, int]:
-    """(cost in nano-USD, where it came from, prompt tokens, completion tokens).
-
-    The upstream's ``usage.cost`` (USD) is the charge; without it, tokens × price.
-    """
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens")
-    prompt_tokens = prompt if isinstance(prompt, int) and prompt >= 0 else 0
-    completion_tokens = completion if isinstance(completion, int) and completion >= 0 else 0
-    cost = usage.get("cost")
-    if isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost):
-        nano = math.ceil(Decimal(repr(cost)) * 1_000_000_000)
-        return max(0, nano), "upstream", prompt_tokens, completion_tokens
-    by_tokens = price.cost_nano(prompt_tokens, completion_tokens)
-    return by_tokens, "tokens", prompt_tokens, completion_tokens
-
-
-def nano_to_usd(nano: int) -> float:
-    """Nano-USD as a USD number, for the API edge only."""
-    return nano / 1_000_000_000

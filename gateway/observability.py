@@ -25,7 +25,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.metering import nano_to_usd
+from gateway.money import nano_to_usd
 
 access_log = logging.getLogger("wattfare.access")
 
@@ -168,6 +168,16 @@ class Metrics:
         self.reconciled = Counter(
             "wattfare_reconciled_holds_total", "Holds of lost processes settled.",
             registry=self.registry,
+        )
+        self.lookups_queued = Counter(
+            "wattfare_generation_lookups_queued_total",
+            "Requests whose cost awaits the upstream's record of the generation.",
+            registry=self.registry,
+        )
+        self.lookups = Counter(
+            "wattfare_generation_lookups_total",
+            "Generation look-ups by result (found, retry, gave_up).",
+            ["result"], registry=self.registry,
         )
 
 

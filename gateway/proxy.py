@@ -1,15 +1,19 @@
-"""``POST /v1/chat/completions``: authenticate, admit against the cap, forward, settle.
+"""``POST /v1/chat/completions``: admit, relay, settle — three steps, top to bottom.
 
-A plain ASGI handler (the hot path). The order of work per request:
+A plain ASGI handler (the hot path):
 
-1. credential → principal (cached token verification);
-2. body read (bounded) and checked;
-3. price from the cached model list, prompt estimate, a *hold* reserved in the store
-   (one transaction, which also re-checks the app's key version and the connection);
-4. upstream request with the operator's key; the caller's headers are never forwarded;
-5. the response relayed (streamed: :mod:`gateway.relay`; otherwise read and returned
-   unchanged);
-6. the hold settled to the actual cost and one ledger row written, whatever happened.
+1. **admit**: credential → principal (cached verification); the body read (bounded),
+   checked, routed to its upstream and priced; the upstream body rewritten (usage asked
+   for, ``max_tokens`` bounded by what the hold pays for) and encoded; then, and only
+   then, a *hold* reserved in the store (one transaction, which also re-checks the app's
+   key version and the connection). Whatever is refused before the hold leaves nothing
+   behind; nothing after it can be refused without the settle step.
+2. **relay**: the upstream request (the caller's headers are never forwarded), streamed
+   (:mod:`gateway.relay.stream`) or read whole (:mod:`gateway.relay.complete`); it
+   returns an :class:`Outcome` and never touches money.
+3. **settle**: one call (:mod:`gateway.settlement`) for every request, whatever happened
+   — charged, released, or left for the upstream's record — and only then the end of the
+   stream, or the non-streamed answer, goes to the client.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 from starlette.types import Receive, Scope, Send
 
@@ -34,22 +37,14 @@ from gateway.errors import (
     InvalidRequest,
     InvalidSession,
     MethodNotAllowed,
-    ModelNotFound,
     NotConnected,
     SpendCapReached,
-    UpstreamError,
 )
-from gateway.http import (
-    ClientGone,
-    DisconnectWatch,
-    json_object,
-    read_body,
-    send_bytes,
-    send_error,
-)
-from gateway.metering import Price, prompt_token_bound, usage_cost_nano
+from gateway.http import ClientGone, DisconnectWatch, json_object, read_body, send_bytes, send_error
+from gateway.metering import Price, prompt_token_bound
 from gateway.observability import RequestRecord, record_of
-from gateway.relay import Relay, StreamJob, StreamResult
+from gateway.relay import Outcome, Relay, StreamJob, Tail, complete
+from gateway.settlement import Settler
 from gateway.state import GatewayState
 from gateway.store.base import (
     CapReached,
@@ -57,21 +52,13 @@ from gateway.store.base import (
     HoldRequest,
     NoConnection,
     Revoked,
-    Settlement,
     StaleCredential,
 )
-from gateway.upstream import (
-    ERROR_BODY_LIMIT,
-    error_from_upstream,
-    error_in_body,
-    generation_id_of,
-    mapped_transport_errors,
-)
+from gateway.upstreams import Upstream
 
 log = logging.getLogger("wattfare.proxy")
 
 ALLOWED: frozenset[CredentialKind] = frozenset({"session", "secret"})
-RESPONSE_BODY_LIMIT = 32 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -80,6 +67,8 @@ class ChatRequest:
     model: str
     stream: bool
     max_tokens: int | None
+    # What the client asked of ``stream_options.include_usage``.
+    wants_usage: bool
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
@@ -114,7 +103,12 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         not isinstance(fallbacks, list) or not all(isinstance(m, str) for m in fallbacks)
     ):
         raise InvalidRequest("'models' must be an array of model ids.", param="models")
-    return ChatRequest(body=body, model=model, stream=stream, max_tokens=max_tokens)
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return ChatRequest(body=body, model=model, stream=stream, max_tokens=max_tokens,
+                       wants_usage=wants_usage)
 
 
 def user_hash(app_id: str, user_id: str) -> str:
@@ -122,13 +116,52 @@ def user_hash(app_id: str, user_id: str) -> str:
     return "wf_" + hashlib.sha256(f"{app_id}\x00{user_id}".encode()).hexdigest()[:32]
 
 
+def encode(body: dict[str, Any]) -> bytes:
+    """The upstream body, exactly sized (orjson's bytes keep a 4 KB buffer, held for the
+    whole stream); a body orjson cannot write (nested deeper than it writes) is the
+    caller's error."""
+    try:
+        return bytes(memoryview(orjson.dumps(body)))
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest(f"The request body cannot be forwarded: {exc}.") from None
+
+
+@dataclass(slots=True)
+class Admitted:
+    """A request that holds money: everything the relay and the settle step need."""
+
+    principal: Principal
+    hold: Hold
+    upstream: Upstream
+    price: Price
+    prompt_tokens: int
+    model: str
+    stream: bool
+    payload: bytes
+    strip_usage: bool
+    bound: int
+    # The parsed body, kept only until the bound is fitted to the hold.
+    body: dict[str, Any] | None
+    lowered_bound: int | None = None
+    api_key: str | None = None
+    funded_by: str = "operator"
+
+
 class ChatCompletions:
     """The ASGI handler for ``/v1/chat/completions``."""
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
-        self.relay = Relay(state)
-        self._settle_job = self._settle_stream  # bound once, shared by every stream
+        metering = state.settings.metering
+        self.relay = Relay(
+            store=state.store, live=state.live, metrics=state.metrics,
+            extend_tokens=metering.extend_tokens,
+            checkpoint_interval_s=metering.checkpoint_interval_s,
+        )
+        self.settler = Settler(state.store, state.metrics)
+        # Requests of this process that hold money right now: reconciliation leaves
+        # their holds alone (any other hold of this process is an orphan).
+        self.in_flight: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         record = record_of(scope)
@@ -137,7 +170,8 @@ class ChatCompletions:
                 raise MethodNotAllowed("Use POST for chat completions.")
             await self._handle(scope, receive, send, record)
         except GatewayError as exc:
-            await send_error(scope, send, exc)
+            if record.status == 0:
+                await send_error(scope, send, exc)
         except ClientGone:
             record.code = "client_disconnected"
             record.status = 499
@@ -145,6 +179,88 @@ class ChatCompletions:
             log.exception("chat completion failed (request %s)", record.request_id)
             if record.status == 0:
                 await send_error(scope, send, InternalError("The gateway failed unexpectedly."))
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, record: RequestRecord
+    ) -> None:
+        admitted = await self._admit(scope, receive, record)
+        started = time.perf_counter()
+        self.in_flight.add(record.request_id)
+        try:
+            await self._relay_and_settle(admitted, scope, receive, send, record, started)
+        finally:
+            self.in_flight.discard(record.request_id)
+
+    async def _relay_and_settle(
+        self, admitted: Admitted, scope: Scope, receive: Receive, send: Send,
+        record: RequestRecord, started: float,
+    ) -> None:
+        watch = DisconnectWatch(receive)
+        tail: Tail | None = None
+        refusal: GatewayError | None = None
+        try:
+            try:
+                self._fit(admitted)
+                if admitted.stream:
+                    outcome, tail = await self.relay.stream(send, self._job(admitted),
+                                                            watch=watch)
+                else:
+                    watch.armed = False  # a non-streamed request runs to its end
+                    outcome = await complete(
+                        upstream=admitted.upstream, body=admitted.payload,
+                        price=admitted.price, prompt_tokens=admitted.prompt_tokens,
+                        model=admitted.model, api_key=admitted.api_key,
+                    )
+                    if watch.gone:
+                        outcome.status, outcome.http_status = "client_disconnected", 499
+            except GatewayError as exc:
+                # Refused before anything was relayed: nothing to charge.
+                refusal = exc
+                outcome = Outcome(model=admitted.model, status="failed",
+                                  http_status=exc.status, error_code=exc.code)
+        except BaseException:
+            outcome = Outcome(model=admitted.model, status="failed", http_status=500,
+                              error_code=InternalError.code)
+            await asyncio.shield(self._settle(admitted, outcome, record, started))
+            raise
+        finally:
+            watch.close()
+        settled = await asyncio.shield(self._settle(admitted, outcome, record, started))
+        record.cost_nano = settled
+        record.code = outcome.error_code
+        if refusal is not None:
+            raise refusal
+        if outcome.http_status == 499:
+            record.status, record.code = 499, "client_disconnected"
+        elif tail is not None:
+            await self.relay.finish(send, outcome, tail, charged_nano=settled)
+        else:
+            headers = {"x-generation-id": outcome.generation_id} if outcome.generation_id else None
+            await send_bytes(send, status=200, body=outcome.body, headers=headers)
+
+    async def _settle(
+        self, admitted: Admitted, outcome: Outcome, record: RequestRecord, started: float
+    ) -> int:
+        settled = await self.settler.settle(
+            admitted.hold, outcome, record=record, started=started,
+            upstream=admitted.upstream, funded_by=admitted.funded_by,
+        )
+        return settled.charged_nano
+
+    @staticmethod
+    def _job(admitted: Admitted) -> StreamJob:
+        principal = admitted.principal
+        assert principal.user_id is not None
+        job = StreamJob(
+            key=(principal.app.id, principal.user_id), hold=admitted.hold,
+            price=admitted.price, prompt_tokens=admitted.prompt_tokens, model=admitted.model,
+            upstream=admitted.upstream, body=admitted.payload, api_key=admitted.api_key,
+            strip_usage=admitted.strip_usage, lowered_bound=admitted.lowered_bound,
+        )
+        admitted.payload = b""  # the relay lets go of it once sent
+        return job
+
+    # -- 1. admit -------------------------------------------------------------------------
 
     async def _principal(self, scope: Scope) -> tuple[Principal, int | None]:
         authorization = user = None
@@ -169,94 +285,70 @@ class ChatCompletions:
             )
         return principal, declared
 
-    async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, record: RequestRecord
-    ) -> None:
+    async def _admit(self, scope: Scope, receive: Receive, record: RequestRecord) -> Admitted:
         state = self.state
         principal, declared = await self._principal(scope)
         assert principal.user_id is not None
         record.app_id, record.user_id = principal.app.id, principal.user_id
-        limit = state.settings.server.max_body_bytes
-        raw = await read_body(receive, limit=limit, declared=declared)
+        raw = await read_body(receive, limit=state.settings.server.max_body_bytes,
+                              declared=declared)
         req = parse_chat_request(raw)
+        del raw
         record.model = req.model
-        catalog = await state.upstream.catalog()
-        price = catalog.price_of(req.model)
-        if price is None:
-            raise ModelNotFound(f"The model '{req.model}' is not offered.", param="model")
+        route = await state.upstreams.route(req.model)
+        upstream, price = route.upstream, route.model.price
+        assert price is not None
+        largest = route.model.max_completion_tokens
         for fallback in req.body.get("models") or ():
-            other = catalog.price_of(fallback)
-            if other is None:
-                raise ModelNotFound(f"The model '{fallback}' is not offered.", param="models")
-            price = price.max(other)
+            other = await state.upstreams.route(fallback, param="models")
+            if other.upstream is not upstream:
+                raise InvalidRequest(
+                    f"The fallback model '{fallback}' is served by another upstream.",
+                    param="models",
+                )
+            assert other.model.price is not None
+            price = price.max(other.model.price)
+            if other.model.max_completion_tokens is not None:
+                largest = max(largest or 0, other.model.max_completion_tokens)
 
         metering = state.settings.metering
         prompt_tokens = prompt_token_bound(req.body)
-        prompt_nano = price.cost_nano(prompt_tokens, 0)
-        budget = req.max_tokens or metering.default_max_tokens
+        # The completion is held in full: what the request asks for, else the model's
+        # largest completion (the model list says it), else the configured default.
+        largest = largest or metering.default_max_tokens
+        bound = min(req.max_tokens, largest) if req.max_tokens else largest
+        body = req.body
+        body["user"] = user_hash(principal.app.id, principal.user_id)
+        upstream.prepare(body, stream=req.stream, max_tokens=bound)
+        payload = encode(body)  # every refusal of the body comes before the hold
+
         hold = await self._reserve(
-            principal,
-            record=record,
-            want=price.cost_nano(prompt_tokens, budget),
+            principal, record=record,
+            want=price.cost_nano(prompt_tokens, bound),
             minimum=price.cost_nano(prompt_tokens, metering.min_completion_tokens),
             model=req.model,
         )
-        body = req.body
-        body["user"] = user_hash(principal.app.id, principal.user_id)
-        usage = body.get("usage")
-        body["usage"] = {**(usage if isinstance(usage, dict) else {}), "include": True}
-        if req.stream:
-            options = body.get("stream_options")
-            body["stream_options"] = {
-                **(options if isinstance(options, dict) else {}), "include_usage": True
-            }
-        else:
-            # A finished body cannot be cut, so a non-streamed request asks the upstream
-            # for no more tokens than its hold pays for.
-            covered = price.tokens_for(hold.amount_nano - prompt_nano)
-            if covered < budget:
-                body["max_tokens"] = max(1, covered)
-                body.pop("max_completion_tokens", None)
-
-        # Exactly sized: orjson's bytes keep a 4 KB buffer, held for the whole stream.
-        payload = bytes(memoryview(orjson.dumps(body)))
-        # Neither the caller's bytes nor their parsed form are needed from here on; a
-        # stream can last minutes, so its frame does not keep them.
-        model, stream = req.model, req.stream
-        del raw, body, req
-        started = time.perf_counter()
-        try:
-            if stream:
-                job = StreamJob(
-                    principal=principal, hold=hold, price=price, prompt_tokens=prompt_tokens,
-                    model=model, body=payload, settle=self._settle_job, record=record,
-                    started=started,
-                )
-                del payload  # the relay lets go of it once sent
-                result = await self.relay.run(scope, receive, send, job)
-            else:
-                result = await self._complete(receive, send, body=payload,
-                                              price=price, prompt_tokens=prompt_tokens,
-                                              model=model)
-        except GatewayError as exc:
-            # Refused before anything was relayed: nothing to charge.
-            await asyncio.shield(self._release(
-                hold, record=record, started=started, status=exc.status, code=exc.code
-            ))
-            raise
-        except BaseException:
-            await asyncio.shield(self._release(
-                hold, record=record, started=started, status=500, code=InternalError.code
-            ))
-            raise
-        record.code = result.error_code
-        record.cost_nano = (
-            result.charged_nano
-            if result.settled
-            else await self._settle(hold, result, record=record, started=started)
+        return Admitted(
+            principal=principal, hold=hold, upstream=upstream, price=price,
+            prompt_tokens=prompt_tokens, model=req.model, stream=req.stream,
+            payload=payload, strip_usage=req.stream and not req.wants_usage,
+            bound=bound, body=body,
         )
-        if result.http_status == 499:
-            record.status, record.code = 499, "client_disconnected"
+
+    @staticmethod
+    def _fit(admitted: Admitted) -> None:
+        """Never ask the upstream for more than the hold pays for: if less than the
+        whole completion fitted in the hold, the bound comes down to what did."""
+        body, admitted.body = admitted.body, None
+        price = admitted.price
+        covered = price.tokens_for(
+            admitted.hold.amount_nano - price.cost_nano(admitted.prompt_tokens, 0)
+        )
+        if covered < admitted.bound and body is not None:
+            admitted.lowered_bound = max(1, covered)
+            admitted.upstream.prepare(body, stream=admitted.stream,
+                                      max_tokens=admitted.lowered_bound)
+            admitted.payload = encode(body)
 
     async def _reserve(
         self, principal: Principal, *, record: RequestRecord, want: int, minimum: int, model: str
@@ -295,135 +387,3 @@ class ChatCompletions:
                 if exc.budget
                 else "This user's monthly spending cap for this app is reached."
             ) from None
-
-    async def _complete(
-        self,
-        receive: Receive,
-        send: Send,
-        *,
-        body: bytes,
-        price: Price,
-        prompt_tokens: int,
-        model: str,
-    ) -> StreamResult:
-        """A non-streamed completion: read the whole answer, meter it, return it as is.
-
-        Nothing reaches the client before the answer is complete, so a client that leaves
-        meanwhile ends the wait: the upstream request is dropped (which stops it) and, as
-        for a stream whose client leaves before the upstream answers, nothing is charged.
-        """
-        result = StreamResult(model=model)
-        fetched = await self._fetch_unless_gone(receive, body)
-        if fetched is None:
-            result.status, result.http_status = "client_disconnected", 499
-            return result
-        response, raw = fetched
-        if response.status_code != 200:
-            raise error_from_upstream(
-                response.status_code, raw[:ERROR_BODY_LIMIT], response.headers
-            )
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("The upstream sent an unusable response.") from None
-        if not isinstance(doc, dict) or "choices" not in doc:
-            status = error_in_body(raw)
-            if status is not None:
-                raise error_from_upstream(status, raw[:ERROR_BODY_LIMIT], response.headers)
-            raise UpstreamError("The upstream sent an unusable response.")
-        usage = doc.get("usage")
-        if isinstance(usage, dict):
-            cost, source, p, c = usage_cost_nano(usage, price)
-            result.set_cost(cost=cost, source=source, prompt_tokens=p, completion_tokens=c)
-        else:
-            # No usage reported: charge the bound (the hold caps it).
-            result.set_cost(
-                cost=price.cost_nano(prompt_tokens, 0), source="estimate",
-                prompt_tokens=prompt_tokens, completion_tokens=0,
-            )
-            result.estimate_only = True
-        result.generation_id = generation_id_of(response.headers)
-        headers = {"x-generation-id": result.generation_id} if result.generation_id else None
-        await send_bytes(send, status=200, body=raw, headers=headers)
-        return result
-
-    async def _fetch_unless_gone(
-        self, receive: Receive, body: bytes
-    ) -> tuple[httpx.Response, bytes] | None:
-        """The upstream's whole response, or None if the client disconnected first."""
-        watch = DisconnectWatch(receive)
-        try:
-            return await self._fetch(body)
-        except asyncio.CancelledError:
-            if not watch.gone:
-                raise
-            watch.task.uncancel()
-            return None
-        finally:
-            watch.close()
-
-    async def _fetch(self, body: bytes) -> tuple[httpx.Response, bytes]:
-        settings = self.state.upstream.settings
-        response = await self.state.upstream.open_chat(body, accept="application/json")
-        try:
-            with mapped_transport_errors("reading the response"):
-                chunks: list[bytes] = []
-                size = 0
-                async with asyncio.timeout(settings.idle_timeout_s) as idle:
-                    loop = asyncio.get_running_loop()
-                    async for chunk in response.aiter_raw():
-                        idle.reschedule(loop.time() + settings.idle_timeout_s)
-                        size += len(chunk)
-                        if size > RESPONSE_BODY_LIMIT:
-                            raise UpstreamError("The upstream's response is too large.")
-                        chunks.append(chunk)
-        finally:
-            # On cancellation too: closing an unread response drops the upstream
-            # connection, and the upstream stops generating.
-            await response.aclose()
-        return response, b"".join(chunks)
-
-    async def _settle_stream(self, job: StreamJob, result: StreamResult) -> int:
-        return await self._settle(job.hold, result, record=job.record, started=job.started)
-
-    async def _settle(
-        self, hold: Hold, result: StreamResult, *, record: RequestRecord, started: float
-    ) -> int:
-        charge = await self.state.store.settle(
-            Settlement(
-                hold_id=hold.id,
-                request_id=record.request_id,
-                model=result.model,
-                cost_nano=result.cost_nano,
-                cost_source=result.cost_source,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                status=result.status,
-                http_status=result.http_status,
-                error_code=result.error_code,
-                ttfb_ms=None if record.ttfb is None else record.ttfb * 1000,
-                duration_ms=(time.perf_counter() - started) * 1000,
-                generation_id=result.generation_id,
-            )
-        )
-        if charge is None:
-            return 0
-        metrics = self.state.metrics
-        if charge.charged_nano:
-            metrics.spend.inc(charge.charged_nano / 1e9)
-        if charge.operator_nano:
-            metrics.operator_excess.inc(charge.operator_nano / 1e9)
-        return charge.charged_nano
-
-    async def _release(
-        self, hold: Hold, *, record: RequestRecord, started: float, status: int, code: str
-    ) -> None:
-        """Settle a request that failed before it produced anything: no charge."""
-        result = StreamResult(model=record.model or "")
-        result.status = "failed"
-        result.http_status = status
-        result.error_code = code
-        try:
-            await self._settle(hold, result, record=record, started=started)
-        except Exception:
-            log.exception("could not release hold %s; it will be reconciled", hold.id)

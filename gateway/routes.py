@@ -14,7 +14,7 @@ from starlette.responses import Response
 from gateway.auth import CredentialKind, Principal
 from gateway.errors import GatewayError, InvalidRequest, NotConnected
 from gateway.http import json_object, read_body
-from gateway.metering import nano_to_usd
+from gateway.money import nano_to_usd
 from gateway.state import GatewayState
 from gateway.store.base import ConnectionState, period_of
 from gateway.tokens import mint_session_token, valid_user_id
@@ -116,8 +116,8 @@ async def create_session(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     """``GET /v1/models``: the upstream's list with pricing, as the upstream sent it."""
     await authenticate(request, ANY_CREDENTIAL, need_user=False)
-    catalog = await state_of(request).upstream.catalog()
-    return Response(catalog.body, media_type="application/json")
+    body = await state_of(request).upstreams.listing_body()
+    return Response(body, media_type="application/json")
 
 
 def _connection_json(principal: Principal, conn: ConnectionState | None) -> dict[str, Any]:

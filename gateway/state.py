@@ -10,7 +10,7 @@ from gateway.config import Settings
 from gateway.live import LiveStreams
 from gateway.observability import Metrics
 from gateway.store.base import Store
-from gateway.upstream import Upstream
+from gateway.upstreams import Upstreams
 
 
 @dataclass(slots=True)
@@ -18,7 +18,7 @@ class GatewayState:
     settings: Settings
     store: Store
     auth: Authenticator
-    upstream: Upstream
+    upstreams: Upstreams
     metrics: Metrics
     live: LiveStreams
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config import NANO_PER_USD, ConfigError, Settings, load_settings, settings_from_mapping
+from gateway.config import ConfigError, Settings, load_settings, settings_from_mapping
+from gateway.money import NANO_PER_USD
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +62,20 @@ def test_default_cap_is_integer_nano_usd() -> None:
             {"upstream": {"connect_timeout_s": "soon"}}, "upstream.connect_timeout_s", id="nan"
         ),
         pytest.param({"upstream": {"transport": "curl"}}, "upstream.transport", id="choice"),
+        pytest.param({"upstream": {"kind": "bedrock"}}, "upstream.kind", id="kind"),
+        pytest.param({"upstream": {"prices": {"m": 1}}}, "upstream.prices.m", id="price-shape"),
+        pytest.param({"upstream": {"prices": {"m": {"prompt": 1}}}},
+                     "upstream.prices.m.completion", id="price-missing"),
+        pytest.param({"upstream": {"prices": {"m": {"prompt": -1, "completion": 1}}}},
+                     "upstream.prices.m.prompt", id="price-negative"),
+        pytest.param({"upstream": {"prices": {"m": {"prompt": 1, "completion": 1, "x": 1}}}},
+                     "upstream.prices.m.x", id="price-unknown"),
+        pytest.param({"upstreams": {"local": {"kind": "openai"}}}, "upstreams.local.models",
+                     id="named-without-models"),
+        pytest.param({"upstreams": {"local": {"models": ["a"], "colour": 1}}},
+                     "upstreams.local.colour", id="named-unknown-key"),
+        pytest.param({"upstreams": {"default": {"models": ["a"]}}}, "upstreams.default",
+                     id="named-default"),
         pytest.param({"store": {"backend": "mysql"}}, "store.backend", id="backend"),
         pytest.param(
             {"metering": {"default_monthly_usd": -1}}, "metering.default_monthly_usd", id="neg"

@@ -9,11 +9,13 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.config import settings_from_mapping
 from gateway.live import StreamFlag
 from gateway.metering import Price
-from gateway.relay import StreamResult, _Meter
+from gateway.relay import Meter, Outcome
 from gateway.sse import first_rare, token_bound, well_formed
 from gateway.store.base import Extension, Hold
+from gateway.upstreams import Upstreams
 
 PRICE = Price(prompt=1_000, completion=2_000)  # pico-USD per token
 
@@ -28,10 +30,16 @@ class FixedStore:
         self.calls += 1
         return Extension(granted_nano=self.grant if add_nano else 0, revoked=self.revoked)
 
+    async def note_generation(self, hold_id: str, generation_id: str) -> None:
+        raise AssertionError("the meter itself never keeps generation ids")
 
-def meter(hold_nano: int, store: FixedStore) -> _Meter:
-    return _Meter(price=PRICE, prompt_tokens=10, hold=Hold("hold_1", hold_nano, "2026-11"),
-                  store=store, extend_tokens=16)  # type: ignore[arg-type]
+
+UPSTREAM = Upstreams(settings_from_mapping({}).upstreams).default
+
+
+def meter(hold_nano: int, store: FixedStore) -> Meter:
+    return Meter(price=PRICE, prompt_tokens=10, hold=Hold("hold_1", hold_nano, "2026-11"),
+                 store=store, extend_tokens=16, upstream=UPSTREAM)
 
 
 def content(text: str) -> bytes:
@@ -119,12 +127,9 @@ async def _outcome(
 ) -> tuple[Any, ...]:
     store = FixedStore(grant=grant, revoked=revoked)
     m = meter(hold_nano, store)
-    result = StreamResult(model="m")
+    result = Outcome(model="m")
     flag = StreamFlag()
-    if fast:
-        forward_to = await m.scan(buf, len(buf), flag=flag, result=result)
-    else:
-        forward_to = await m._scan_events(buf, 0, len(buf), flag=flag, result=result)
+    forward_to = await m.scan(buf, len(buf), flag=flag, outcome=result, runs=fast)
     stop = None if m.stop is None else m.stop.status
     return (forward_to, m.completion_tokens, m.done, m.done_at, m.saw_usage, stop,
             m.hold_nano, result.cost_nano)
@@ -147,6 +152,6 @@ async def test_a_revoked_flag_stops_before_the_first_event() -> None:
     m = meter(10_000, FixedStore())
     flag = StreamFlag()
     flag.revoked = True
-    assert await m.scan(buf, len(buf), flag=flag, result=StreamResult(model="m")) == 0
+    assert await m.scan(buf, len(buf), flag=flag, outcome=Outcome(model="m")) == 0
     assert m.stop is not None
     assert m.stop.status == "cut_revoked"

@@ -9,7 +9,7 @@ import pytest
 from starlette.types import Message, Receive
 
 from gateway.http import DisconnectWatch
-from gateway.relay import _IdleTimer, _IdleTimers
+from gateway.relay.idle import IdleTimer, IdleTimers
 
 pytestmark = pytest.mark.asyncio
 
@@ -20,12 +20,12 @@ def _client() -> tuple[asyncio.Queue[Message], Receive]:
     return messages, messages.get
 
 
-async def _stream(timers: _IdleTimers, idle_s: float, *, chunk_every: float | None,
+async def _stream(timers: IdleTimers, idle_s: float, *, chunk_every: float | None,
                   log: dict[str, float], name: str, started: float) -> None:
     """A stand-in for the relay: notes a chunk every ``chunk_every`` seconds (or never)
     and records when its idle timer cancelled it."""
     loop = asyncio.get_running_loop()
-    idle = _IdleTimer(timers, idle_s)
+    idle = IdleTimer(timers, idle_s)
     try:
         while True:
             await asyncio.sleep(chunk_every if chunk_every is not None else 3600)
@@ -40,7 +40,7 @@ async def _stream(timers: _IdleTimers, idle_s: float, *, chunk_every: float | No
 
 async def test_only_silent_streams_are_cut_each_after_its_own_period() -> None:
     loop = asyncio.get_running_loop()
-    timers = _IdleTimers(loop)
+    timers = IdleTimers(loop)
     log: dict[str, float] = {}
     started = loop.time()
     tasks = {
@@ -69,11 +69,11 @@ async def test_only_silent_streams_are_cut_each_after_its_own_period() -> None:
 
 async def test_shortening_a_period_rearms_the_shared_timer_earlier() -> None:
     loop = asyncio.get_running_loop()
-    timers = _IdleTimers(loop)
+    timers = IdleTimers(loop)
     cut = asyncio.Event()
 
     async def stream() -> None:
-        idle = _IdleTimer(timers, 30.0)
+        idle = IdleTimer(timers, 30.0)
         try:
             await asyncio.sleep(0.02)
             idle.shorten(0.05)  # as after [DONE]

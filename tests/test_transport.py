@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.errors import UpstreamError
 from gateway.transport import FastAiohttpTransport, ResponseStream
-from gateway.upstream import mapped_transport_errors
+from gateway.upstreams.errors import mapped_transport_errors
 
 
 @dataclass

@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.auth import CredentialKind
-from gateway.config import NANO_PER_USD
 from gateway.consent.signing import new_token, token_hash
 from gateway.consent.web import (
     form_ok,
@@ -32,7 +31,7 @@ from gateway.consent.web import (
     session_of,
 )
 from gateway.errors import OriginNotAllowed
-from gateway.metering import nano_to_usd
+from gateway.money import NANO_PER_USD, nano_to_usd
 from gateway.routes import authenticate, json_response
 from gateway.store.base import App, Consent, ConsentGone, period_of
 

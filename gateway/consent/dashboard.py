@@ -15,9 +15,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.config import NANO_PER_USD
 from gateway.consent.chart import daily_chart
 from gateway.consent.web import form_ok, gateway_of, read_form, redirect, render, session_of
+from gateway.money import NANO_PER_USD
 from gateway.store.base import Account, AccountConnection, period_of
 
 NOTICES = {

@@ -27,7 +27,7 @@ from gateway.config import Settings
 from gateway.consent.limits import AttemptLimiter
 from gateway.consent.passwords import Passwords
 from gateway.consent.signing import Signer, new_token, token_hash
-from gateway.metering import nano_to_usd
+from gateway.money import nano_to_usd
 from gateway.state import GatewayState
 from gateway.store.base import Account, Store
 
