@@ -65,12 +65,17 @@ class Scenario:
 def request_body(
     *, chunks: int, gap_ms: float = 0.0, ttft_ms: float = 0.0, stream: bool = True
 ) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "model": MODEL,
         "messages": PROMPT,
         "stream": stream,
         "fake": {"chunks": chunks, "gap_ms": gap_ms, "ttft_ms": ttft_ms},
     }
+    if stream:
+        # Every path relays the usage chunk, as a metering client asks for it (the
+        # gateway drops it for a client that does not).
+        body["stream_options"] = {"include_usage": True}
+    return body
 
 
 STANDARD: tuple[Scenario, ...] = (

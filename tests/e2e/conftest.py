@@ -13,7 +13,10 @@ import httpx
 import openai
 import pytest
 
-from .harness import AppKeys, FakeUpstream, Gateway, GatewayConfig
+from .harness import AppKeys, FakeUpstream, Gateway, GatewayConfig, assert_consistent
+
+# Long enough for a generation look-up's retries against the simulated upstream.
+HOLDS_TIMEOUT_S = 20.0
 
 
 @pytest.hookimpl(wrapper=True)
@@ -26,6 +29,17 @@ def pytest_runtest_makereport(
     if report.failed and isinstance(gateway, Gateway):
         report.sections.append(("gateway stderr (tail)", gateway.stderr()[-8000:]))
     return report
+
+
+@pytest.fixture(autouse=True)
+def _no_hold_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The invariant every end-to-end test keeps: once its requests are done, the store
+    holds no money for any of them (looked-up costs included) and its totals agree."""
+    yield
+    if "gateway" in request.fixturenames:
+        gateway = request.getfixturevalue("gateway")
+        if isinstance(gateway, Gateway) and gateway.running:
+            assert_consistent(gateway.db, timeout=HOLDS_TIMEOUT_S)
 
 
 @pytest.fixture(scope="session")

@@ -223,6 +223,10 @@ class Gateway:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self) -> None:
         """Start (or restart, on a fresh port and the same database) the gateway."""
         self.port = free_port()

@@ -55,6 +55,7 @@ def test_streamed_completion(client: openai.OpenAI, gateway: Gateway, user_id: s
         model=MODEL,
         messages=[{"role": "user", "content": "hello there"}],
         stream=True,
+        stream_options={"include_usage": True},
         extra_body={"fake": {"chunks": 5, "chunk_text": "hi "}},
     )
     chunks = list(stream)
@@ -146,12 +147,37 @@ def test_sessions_endpoint_token_works(gateway: Gateway, app: AppKeys, user_id: 
     assert_consistent(gateway.db)
 
 
+def test_the_sdk_quick_start_loop_sees_no_usage_chunk_it_did_not_ask_for(
+    client: openai.OpenAI, gateway: Gateway, user_id: str
+) -> None:
+    """OpenAI's own quick-start reads ``chunk.choices[0]`` of every chunk: without
+    ``stream_options.include_usage`` no usage-only chunk may reach it, though the gateway
+    asked the upstream for usage and charged by it."""
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hello there"}],
+        stream=True,
+        extra_body={"fake": {"chunks": 3, "chunk_text": "hi "}},
+    )
+    text = ""
+    for chunk in stream:
+        text += chunk.choices[0].delta.content or ""
+        assert chunk.usage is None
+    assert text == "hi " * 3
+    assert_consistent(gateway.db)
+    [row] = ledger(gateway.db, user_id)
+    prompt = fake_prompt_tokens("hello there")
+    assert (row.cost_source, row.completion_tokens) == ("upstream", 3)
+    assert row.cost_nano == fake_cost_nano(prompt_tokens=prompt, completion_tokens=3)
+
+
 def test_stream_bytes_are_relayed_unchanged(
     gateway: Gateway, fake: FakeUpstream, app: AppKeys, user_id: str
 ) -> None:
     """Through the gateway and straight from the upstream, a request gets the same bytes
     (comments included), except for the per-generation id and timestamp."""
-    body = chat_body("same bytes please", chunks=4, chunk_text="Ünïcödé \\\"q\" ")
+    body = {**chat_body("same bytes please", chunks=4, chunk_text="Ünïcödé \\\"q\" "),
+            "stream_options": {"include_usage": True}}
     via = httpx.post(
         f"{gateway.url}/v1/chat/completions",
         json=body,

@@ -21,6 +21,8 @@ from .harness import (
     GatewayConfig,
     assert_consistent,
     chat_body,
+    fake_cost_nano,
+    fake_prompt_tokens,
     is_content,
     iter_events,
     ledger,
@@ -81,17 +83,23 @@ def test_sigkill_mid_stream_is_reconciled_at_start_up(
     assert used is not None and used > 0
 
     gateway.start()  # same database, fresh process
-    assert_consistent(gateway.db)
+    assert_consistent(gateway.db, timeout=20)
     rows = ledger(gateway.db, user_id)
     assert [r.status for r in rows] == ["ok", "reconciled"]
     assert rows[0] == before  # the settled charge survived the crash
+    # The hold kept the generation's id: reconciliation charged the upstream's record of
+    # what the generation cost, not the (over-counting) checkpoint.
+    generated = rows[1].completion_tokens
+    true_cost = fake_cost_nano(prompt_tokens=fake_prompt_tokens("hi"),
+                               completion_tokens=generated)
+    assert generated >= 5
     assert (rows[1].cost_nano, rows[1].cost_source, rows[1].error_code) == (
-        used, "reconciled", "process_lost",
+        true_cost, "generation", "process_lost",
     )
-    assert settled_nano(gateway.db, user_id) == before.cost_nano + used
+    assert settled_nano(gateway.db, user_id) == before.cost_nano + true_cost
     assert wait_until(lambda: fake.in_flight() == 0, timeout=5)
     metrics = httpx.get(gateway.url + "/metrics", timeout=10).text
-    assert "wattfare_reconciled_holds_total 1.0" in metrics
+    assert 'wattfare_generation_lookups_total{result="found"} 1.0' in metrics
 
     # The restarted gateway serves the same user on.
     again = httpx.post(gateway.url + CHAT, json=chat_body("after", stream=False),
