@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from gateway.config import NANO_PER_USD
+from gateway.money import NANO_PER_USD
 
 # The SVG's coordinate system; the page scales it to its width.
 WIDTH = 640

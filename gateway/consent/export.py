@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway.config import NANO_PER_USD
 from gateway.consent.web import gateway_of, redirect, session_of
+from gateway.money import NANO_PER_USD
 from gateway.store.base import Store, UsageRow, period_of
 
 PAGE = 1000
