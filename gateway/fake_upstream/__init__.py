@@ -10,7 +10,8 @@ Paths:
   `/api/v1` any bearer key unless the server requires one (`--require-key`); on `/v1` no
   key is needed unless the server requires one. A body may carry `"fake": {...}` knobs
   (`knobs.py`): timing, faults, the JSON encoding (`encoding.py`), reasoning tokens, the
-  abort behaviour, the `/generation` delay. Server-wide defaults are the flags.
+  abort behaviour, the `/generation` delay. Server-wide defaults are the flags
+  (`--help`); `--model-encoding MODEL=ENCODING` gives one model its own JSON encoding.
 - `GET /api/v1/models` (prices, no key needed, as at OpenRouter); `GET /v1/models`
   (OpenAI's `{"object": "list", "data": [{"id", "object", "created", "owned_by"}]}`).
 - `GET /api/v1/generation?id=gen-…`: `{"data": {...}}` of the last 10,000 generations,
@@ -20,10 +21,12 @@ Paths:
   `POST /auth/decision`, and `POST /api/v1/auth/keys`: the OAuth PKCE flow that issues a
   key billed to a person's own credits (`oauth.py`).
 - Test-only, not OpenRouter's: `GET /_fake/ledger[?key=K]` (what each key and person was
-  billed, nano-USD), `POST /_fake/person` and `POST /_fake/key` (credits, limits, revoked
-  keys; `admin.py`); `GET /api/v1/_last_request` and `GET /v1/_last_request` (the
-  lowercase headers and JSON body of the most recent chat request, to check what a proxy
-  forwarded); `GET /healthz` (`{"status": "ok", "in_flight": <open chat requests>}`).
+  billed, nano-USD), `GET /_fake/ledger?id=ID` (one generation's bill, on either dialect,
+  readable at once: `{"id", "key", "billed_nano_usd"}`), `POST /_fake/person` and
+  `POST /_fake/key` (credits, limits, revoked keys; `admin.py`);
+  `GET /api/v1/_last_request` and `GET /v1/_last_request` (the lowercase headers and JSON
+  body of the most recent chat request, to check what a proxy forwarded); `GET /healthz`
+  (`{"status": "ok", "in_flight": <open chat requests>}`).
 - Anything else: 404 `{"error": {"message": "Not Found", "code": 404}}`.
 
 Billing follows OpenRouter's documentation: a stream aborted on a provider that supports

@@ -20,6 +20,7 @@ running when it runs out can take it below zero.
 from __future__ import annotations
 
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
@@ -30,6 +31,8 @@ from gateway.fake_upstream.wire import json_number, random_id
 __all__ = ["Accounts", "IssuedKey", "Person", "Refusal", "to_nano", "usd_of"]
 
 NANO_PER_USD: Final = Decimal(1_000_000_000)
+MAX_BILLS: Final = 10_000
+"""How many generations' bills `GET /_fake/ledger?id=` remembers, oldest out first."""
 _CREDITS_URL: Final = "https://openrouter.ai/settings/credits"
 _KEYS_URL: Final = "https://openrouter.ai/settings/keys"
 
@@ -112,13 +115,14 @@ class _Bill:
 class Accounts:
     """People, issued keys and the per-key ledger of one server."""
 
-    __slots__ = ("_bills", "_default_credits_nano", "_keys", "_people")
+    __slots__ = ("_bills", "_by_id", "_default_credits_nano", "_keys", "_people")
 
     def __init__(self, *, default_credits_nano: int) -> None:
         self._default_credits_nano = default_credits_nano
         self._people: dict[str, Person] = {}
         self._keys: dict[str, IssuedKey] = {}
         self._bills: dict[str, _Bill] = {}
+        self._by_id: OrderedDict[str, tuple[str, int]] = OrderedDict()
 
     def person(self, user_id: str) -> Person:
         """The person `user_id`, created with the default credits on first mention."""
@@ -176,8 +180,11 @@ class Accounts:
             f"{bound} tokens, but can only afford {tokens}. To increase, {remedy}",
         )
 
-    def bill(self, key: str, cost_nano: int) -> None:
+    def bill(self, key: str, cost_nano: int, generation_id: str) -> None:
         """Record a generation billed `cost_nano` to `key` (and to its person, if issued)."""
+        if len(self._by_id) >= MAX_BILLS:
+            self._by_id.popitem(last=False)
+        self._by_id[generation_id] = (key, cost_nano)
         bill = self._bills.get(key)
         if bill is None:
             bill = self._bills[key] = _Bill()
@@ -198,6 +205,13 @@ class Accounts:
             "limit_nano_usd": issued.limit_nano if issued else None,
             "revoked": issued.revoked if issued else False,
         }
+
+    def bill_json(self, generation_id: str) -> bytes | None:
+        """One generation's bill, `{"id", "key", "billed_nano_usd"}`, or None if unknown."""
+        found = self._by_id.get(generation_id)
+        if found is None:
+            return None
+        return dumps({"id": generation_id, "key": found[0], "billed_nano_usd": found[1]})
 
     def ledger_json(self, key: str | None = None) -> bytes:
         """The ledger: every key's bill and every person's credits (or one key's entry)."""

@@ -145,7 +145,15 @@ class _FakeUpstream:
         await respond(send, 200, self._accounts.key_json(key))
 
     async def _ledger(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await respond(send, 200, self._accounts.ledger_json(query(scope, "key")))
+        generation_id = query(scope, "id")
+        if generation_id is None:
+            await respond(send, 200, self._accounts.ledger_json(query(scope, "key")))
+            return
+        found = self._accounts.bill_json(generation_id)
+        if found is None:
+            await respond(send, 404, wire.error_body(404, f"No bill for {generation_id}"))
+            return
+        await respond(send, 200, found)
 
     async def _admin_person(self, scope: Scope, receive: Receive, send: Send) -> None:
         await admin.set_person(self._accounts, receive, send)
@@ -228,7 +236,7 @@ class _FakeUpstream:
         cost = wire.cost_of(
             model_id=plan.model_id, prompt=plan.prompt_tokens, completion=outcome.completion
         )
-        self._accounts.bill(plan.key, to_nano(cost))
+        self._accounts.bill(plan.key, to_nano(cost), plan.head.id)
         if openai:
             return
         ended = time.monotonic()

@@ -10,7 +10,7 @@ loudly instead of silently testing the happy path.
 | `gap_ms` | number, 0–60000 | wait between content chunks |
 | `chunks` | int, 0–100000 | content chunks (one completion token each) before `stop` |
 | `chunk_text` | str, ≤ 1000 chars | text of each content chunk (default `"tok "`) |
-| `processing_comments` | bool | send `: OPENROUTER PROCESSING` comments |
+| `processing_comments` | bool | send `: OPENROUTER PROCESSING` comments (OpenRouter's paths only) |
 | `comment_interval_ms` | number, 50–600000 | comment period while waiting for the first token |
 | `fault` | one of `FAULTS` | the failure to simulate |
 | `status` | int, 400–599 | HTTP status for `fault: "status"` (default 500) |

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Final
 
 from gateway.fake_upstream import wire
@@ -54,6 +55,12 @@ def plan_request(
         if openai:
             return 400, openai_error(400, str(exc), param="fake")
         return 400, wire.error_body(400, str(exc))
+    if settings.model_encodings:
+        raw = request.get("fake")
+        if not (isinstance(raw, dict) and "encoding" in raw):
+            for encoded_model, encoding in settings.model_encodings:
+                if encoded_model == model.id:
+                    knobs = replace(knobs, encoding=encoding)
     engine = routed(model)
     max_tokens = _int_or_none(request.get("max_tokens"))
     max_completion = _int_or_none(request.get("max_completion_tokens"))

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import get_args
 
+from gateway.fake_upstream.catalog import find_model
 from gateway.fake_upstream.encoding import Encoding
 
 __all__ = [
@@ -36,6 +37,8 @@ class FakeUpstreamSettings:
     encoding: Encoding = "compact"
     generation_delay_ms: float = 1000.0
     default_credits_usd: float = 10.0
+    model_encodings: tuple[tuple[str, Encoding], ...] = ()
+    """Per-model JSON encodings, over `encoding` (a request's own knob still wins)."""
 
     def __post_init__(self) -> None:
         for name, value, limit in (
@@ -49,8 +52,12 @@ class FakeUpstreamSettings:
                 raise ValueError(f"{name} must be between 0 and {limit}, got {value!r}")
         if self.require_key == "":
             raise ValueError("require_key must not be empty")
-        if self.encoding not in get_args(Encoding):
-            raise ValueError(f"encoding must be one of {', '.join(get_args(Encoding))}")
+        for encoding in (self.encoding, *(e for _, e in self.model_encodings)):
+            if encoding not in get_args(Encoding):
+                raise ValueError(f"encoding must be one of {', '.join(get_args(Encoding))}")
+        for model_id, _ in self.model_encodings:
+            if find_model(model_id) is None:
+                raise ValueError(f"model_encodings: {model_id} is not in the catalog")
 
 
 def _non_negative_float(text: str) -> float:
@@ -71,6 +78,14 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer: {text!r}")
     return value
+
+
+def _model_encoding(text: str) -> tuple[str, str]:
+    model_id, sep, encoding = text.rpartition("=")
+    if not sep or not model_id or encoding not in get_args(Encoding):
+        choices = ", ".join(get_args(Encoding))
+        raise argparse.ArgumentTypeError(f"expected MODEL=ENCODING with one of {choices}: {text!r}")
+    return model_id, encoding
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +129,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="JSON spelling of chunks and bodies (default %(default)s)",
     )
     parser.add_argument(
+        "--model-encoding",
+        type=_model_encoding,
+        action="append",
+        default=[],
+        metavar="MODEL=ENCODING",
+        help="the JSON spelling of one model's responses (repeatable)",
+    )
+    parser.add_argument(
         "--generation-delay-ms",
         type=_non_negative_float,
         default=1000.0,
@@ -139,6 +162,7 @@ def settings_from_args(ns: argparse.Namespace) -> FakeUpstreamSettings:
         encoding=ns.encoding,
         generation_delay_ms=ns.generation_delay_ms,
         default_credits_usd=ns.default_credits_usd,
+        model_encodings=tuple(ns.model_encoding),
     )
 
 

@@ -242,3 +242,19 @@ def test_ledger_totals_every_key(upstream: Upstream, admin: httpx.Client) -> Non
     entry = after["keys"][KEY]
     assert entry["requests"] == before["keys"].get(KEY, {"requests": 0})["requests"] + 1
     assert admin.get("/_fake/ledger", params={"key": "nobody"}).json()["billed_nano_usd"] == 0
+
+
+def test_ledger_bill_of_one_generation_on_either_dialect(
+    upstream: Upstream, admin: httpx.Client
+) -> None:
+    # Readable at once, unlike /generation, and for the OpenAI dialect's ids too.
+    with as_key(upstream, KEY) as c:
+        routed = c.post("/chat/completions", json=chat(stream=False, chunks=4))
+    local = httpx.post(
+        f"{upstream.openai}/chat/completions", json=chat(stream=False, chunks=3), timeout=10
+    )
+    for response, key, tokens in ((routed, KEY, 4), (local, "", 3)):
+        generation_id = response.json()["id"]
+        bill = admin.get("/_fake/ledger", params={"id": generation_id}).json()
+        assert bill == {"id": generation_id, "key": key, "billed_nano_usd": nano(mini_cost(tokens))}
+    assert admin.get("/_fake/ledger", params={"id": "gen-0-none"}).status_code == 404

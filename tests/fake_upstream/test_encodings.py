@@ -17,6 +17,7 @@ from gateway.fake_upstream.encoding import ENCODINGS, Number, dumps
 from .helpers import chat, data, events, generation, stream
 
 TEXT = "héllo/ "
+CLAUDE = "anthropic/claude-3.5-sonnet"
 # Each encoding's spelling of a content delta `{"content": "héllo/ "}` as it appears in
 # the OpenAI-compatible dialect (the only key of the delta, so key order does not show).
 CONTENT_SPELLING = {
@@ -107,3 +108,24 @@ async def test_server_wide_encoding() -> None:
     assert all(b'"object": "chat.completion.chunk"' in e for e in events(streamed.content)[1:-1])
     assert answered.content.startswith(b'{"id": "gen-')
     assert compact.content.startswith(b'{"id":"gen-')
+
+
+async def test_a_model_of_its_own_encoding() -> None:
+    settings = FakeUpstreamSettings(
+        chunks=1, model_encodings=(("anthropic/claude-3.5-sonnet", "spaced"),)
+    )
+    transport = httpx.ASGITransport(app=create_app(settings))
+    headers = {"authorization": "Bearer x"}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://fake/api/v1", headers=headers
+    ) as c:
+        claude = await c.post("/chat/completions", json=chat(stream=False, model=CLAUDE))
+        mini = await c.post("/chat/completions", json=chat(stream=False))
+        asked = await c.post(
+            "/chat/completions", json=chat(stream=False, model=CLAUDE, encoding="compact")
+        )
+    assert claude.content.startswith(b'{"id": "gen-')
+    assert mini.content.startswith(b'{"id":"gen-')
+    assert asked.content.startswith(b'{"id":"gen-')
+    with pytest.raises(ValueError, match="not in the catalog"):
+        FakeUpstreamSettings(model_encodings=(("nobody/nothing", "spaced"),))

@@ -525,7 +525,8 @@ def test_flags_become_settings() -> None:
     assert settings_from_args(defaults) == FakeUpstreamSettings()
     ns = parser.parse_args(
         ["--ttft-ms", "5", "--gap-ms", "1.5", "--chunks", "3", "--require-key", "k",
-         "--encoding", "spaced", "--generation-delay-ms", "0", "--default-credits-usd", "2.5"]
+         "--encoding", "spaced", "--generation-delay-ms", "0", "--default-credits-usd", "2.5",
+         "--model-encoding", "openai/o3-mini=reordered"]
     )
     assert settings_from_args(ns) == FakeUpstreamSettings(
         ttft_ms=5,
@@ -535,9 +536,11 @@ def test_flags_become_settings() -> None:
         encoding="spaced",
         generation_delay_ms=0,
         default_credits_usd=2.5,
+        model_encodings=(("openai/o3-mini", "reordered"),),
     )
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--encoding", "pretty"])
+    for wrong in (["--encoding", "pretty"], ["--model-encoding", "openai/o3-mini"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(wrong)
     with pytest.raises(SystemExit):
         parser.parse_args(["--gap-ms", "-1"])
     with pytest.raises(ValueError, match="chunks"):
