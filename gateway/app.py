@@ -30,7 +30,7 @@ from gateway.consent import BrowserGuard, consent_routes, open_consent
 from gateway.errors import GatewayError, InternalError, MethodNotAllowed, NotFound
 from gateway.live import LiveStreams
 from gateway.lookups import Lookups
-from gateway.observability import AccessLogMiddleware, Metrics, configure_logging
+from gateway.observability import AccessLogMiddleware, Metrics, RouteLabels, configure_logging
 from gateway.proxy import ChatCompletions
 from gateway.state import GatewayState
 from gateway.store import make_store
@@ -107,6 +107,7 @@ class Gateway:
             BrowserGuard(self._dispatch, state=lambda: self.state),
             metrics=self.metrics,
             enabled=settings.server.access_log,
+            labels=RouteLabels(self.router.routes),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

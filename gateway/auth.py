@@ -39,6 +39,8 @@ CLOCK_SKEW_S = 30
 APP_CACHE_TTL_S = 5.0
 TOKEN_CACHE_MAX = 100_000
 MAX_CAP_USD = 1e9
+# Every route refuses a request carrying the user header twice (see routes.user_header).
+ONE_USER_HEADER = "Send one 'Wattfare-User' header, not several."
 
 K = TypeVar("K", bound=Hashable)
 

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
@@ -181,11 +181,41 @@ class Metrics:
         )
 
 
+CHAT_ROUTE = "/v1/chat/completions"
+UNMATCHED_ROUTE = "unmatched"
+
+
+class RouteLabels:
+    """The ``route`` label of a request: the template of the route that took it
+    (``/connect/{cid}``, never the id itself), the chat path (dispatched before the
+    router), or one shared label for every path no route matches. A label per raw path
+    would let anyone grow the gateway's memory and the operator's Prometheus.
+
+    Starlette's router leaves the matched route's endpoint in the scope (also when only
+    the path matched and the method did not); the endpoint names its template here.
+    """
+
+    def __init__(self, routes: Iterable[object]) -> None:
+        self._templates: dict[object, str] = {}
+        for route in routes:
+            endpoint, path = getattr(route, "endpoint", None), getattr(route, "path", None)
+            if endpoint is not None and isinstance(path, str):
+                self._templates[endpoint] = path
+
+    def __call__(self, scope: Scope) -> str:
+        if scope["path"] == CHAT_ROUTE:
+            return CHAT_ROUTE
+        return self._templates.get(scope.get("endpoint"), UNMATCHED_ROUTE)
+
+
 class AccessLogMiddleware:
     """Times the first body byte and writes one log line and the metrics per request."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, enabled: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, enabled: bool, labels: RouteLabels
+    ) -> None:
         self.app = app
+        self.labels = labels
         self.metrics = metrics
         self.enabled = enabled
         # Request ids: a random prefix per process and a counter (unique without a
@@ -219,15 +249,14 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self._emit(record)
+            self._emit(record, self.labels(scope))
 
-    def _emit(self, record: RequestRecord) -> None:
+    def _emit(self, record: RequestRecord, route: str) -> None:
         duration = time.perf_counter() - record.started
-        route = record.path if record.path.startswith(("/v1/", "/healthz", "/metrics")) else "other"
         self.metrics.requests.labels(route, str(record.status)).inc()
         if record.code is not None:
             self.metrics.errors.labels(record.code).inc()
-        if record.path == "/v1/chat/completions" and record.ttfb is not None:
+        if route == CHAT_ROUTE and record.ttfb is not None:
             self.metrics.ttfb.observe(record.ttfb)
         if not self.enabled or not access_log.isEnabledFor(logging.INFO):
             return

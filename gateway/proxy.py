@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from gateway.auth import CredentialKind, Principal
+from gateway.auth import ONE_USER_HEADER, CredentialKind, Principal
 from gateway.errors import (
     ConnectionRevoked,
     GatewayError,
@@ -269,6 +269,8 @@ class ChatCompletions:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
             elif name == b"wattfare-user":
+                if user is not None:
+                    raise InvalidRequest(ONE_USER_HEADER, param="Wattfare-User")
                 try:
                     user = value.decode("utf-8")
                 except UnicodeDecodeError:

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth import CredentialKind, Principal
+from gateway.auth import ONE_USER_HEADER, CredentialKind, Principal
 from gateway.errors import GatewayError, InvalidRequest, NotConnected
 from gateway.http import json_object, read_body
 from gateway.money import nano_to_usd
@@ -39,17 +39,21 @@ def user_header(request: Request) -> str | None:
     """``Wattfare-User`` as UTF-8, as the chat completion route reads it.
 
     Starlette decodes header values as latin-1: a UTF-8 user id read that way names a
-    different user here than the one chat completions charge.
+    different user here than the one chat completions charge. More than one such header
+    is refused, here and on the chat route alike: two readers picking different copies
+    would charge one user and report another.
     """
-    for name, value in request.scope["headers"]:
-        if name == b"wattfare-user":
-            try:
-                return bytes(value).decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidRequest(
-                    "Header 'Wattfare-User' must be UTF-8.", param="Wattfare-User"
-                ) from None
-    return None
+    values = [value for name, value in request.scope["headers"] if name == b"wattfare-user"]
+    if len(values) > 1:
+        raise InvalidRequest(ONE_USER_HEADER, param="Wattfare-User")
+    if not values:
+        return None
+    try:
+        return bytes(values[0]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(
+            "Header 'Wattfare-User' must be UTF-8.", param="Wattfare-User"
+        ) from None
 
 
 async def authenticate(
