@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -19,7 +17,6 @@ import orjson
 
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.money import NANO_PER_USD
-from gateway.observability import configure_logging
 from gateway.store import make_store
 from gateway.store.base import App, NewApp, UnknownApp
 
@@ -180,27 +177,6 @@ async def _users(settings: Settings, ns: argparse.Namespace) -> int:
     return 0
 
 
-def serve(settings: Settings, *, workers: int) -> None:
-    import uvicorn
-
-    configure_logging()
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    common: dict[str, Any] = {
-        "host": settings.server.host, "port": settings.server.port, "loop": loop,
-        "http": "httptools", "access_log": False, "server_header": False,
-        "timeout_graceful_shutdown": 10, "log_config": None,
-    }
-    if workers > 1:
-        # Worker processes import the app by name and read the same config file.
-        if settings.source != "<defaults>":
-            os.environ["WATTFARE_CONFIG"] = settings.source
-        uvicorn.run("gateway.app:create_app_from_env", factory=True, workers=workers, **common)
-    else:
-        from gateway.app import create_app
-
-        uvicorn.run(create_app(settings, tune_gc=True), **common)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.command == "fake-upstream":
@@ -224,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if workers < 1:
             sys.stderr.write("wattfare: --workers must be at least 1\n")
             return 2
+        from gateway.server import serve
+
         serve(settings, workers=workers)
         return 0
     if ns.command == "apps":

@@ -8,6 +8,7 @@ line naming the key, e.g. ``upstream.idle_timeout_s: must be a number > 0, got "
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import tomllib
@@ -33,6 +34,13 @@ class ServerSettings:
     max_body_bytes: int = 1_048_576
     access_log: bool = True
     workers: int = 1
+    # What `wattfare serve` allows a client before it answers for it (gateway/server.py).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_header_bytes: int = 32_768
+    max_connections: int = 4096
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (IPs or networks).
+    forwarded_allow_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +256,28 @@ def _upstream(
     )
 
 
+def _networks(section: str, key: str, value: Any) -> tuple[str, ...]:
+    """A list of IP addresses or networks (``"10.0.0.0/8"``), or ``["*"]`` for any peer."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{section}.{key}: must be a list of IP addresses, got {value!r}")
+    for item in value:
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{section}.{key}: {item!r} is not an IP address or network"
+            ) from None
+    return tuple(value)
+
+
 _KNOWN: dict[str, set[str]] = {
-    "server": {"host", "port", "public_url", "max_body_bytes", "access_log", "workers"},
+    "server": {
+        "host", "port", "public_url", "max_body_bytes", "access_log", "workers",
+        "header_timeout_s", "body_timeout_s", "max_header_bytes", "max_connections",
+        "forwarded_allow_ips",
+    },
     "upstream": {
         "kind", "base_url", "api_key_env", "prices", "connect_timeout_s", "first_byte_timeout_s",
         "idle_timeout_s", "models_ttl_s", "max_connections", "transport",
@@ -305,6 +333,25 @@ def settings_from_mapping(
         ),
         access_log=_boolean("server", "access_log", s.get("access_log", d.access_log)),
         workers=_integer("server", "workers", s.get("workers", d.workers), minimum=1, maximum=64),
+        header_timeout_s=_number(
+            "server", "header_timeout_s", s.get("header_timeout_s", d.header_timeout_s),
+            minimum=0, strict=True,
+        ),
+        body_timeout_s=_number(
+            "server", "body_timeout_s", s.get("body_timeout_s", d.body_timeout_s),
+            minimum=0, strict=True,
+        ),
+        max_header_bytes=_integer(
+            "server", "max_header_bytes", s.get("max_header_bytes", d.max_header_bytes),
+            minimum=1024, maximum=1024 * 1024,
+        ),
+        max_connections=_integer(
+            "server", "max_connections", s.get("max_connections", d.max_connections),
+            minimum=1, maximum=1_000_000,
+        ),
+        forwarded_allow_ips=_networks(
+            "server", "forwarded_allow_ips", s.get("forwarded_allow_ips", [])
+        ),
     )
 
     upstream = _upstream("upstream", _section(raw, "upstream"), env, name="default")

@@ -18,17 +18,23 @@ The tree (each class fixes the HTTP status, the OpenAI ``type`` and the stable `
     ├── NotFound                404 not_found
     ├── ModelNotFound           404 model_not_found
     ├── MethodNotAllowed        405 method_not_allowed
+    ├── RequestTimeout          408 request_timeout
     ├── RequestTooLarge         413 request_too_large
     ├── RateLimited             429 rate_limited
+    ├── HeadersTooLarge         431 headers_too_large
     ├── InternalError           500 internal_error
     ├── UpstreamError           502 upstream_error
+    ├── ServerBusy              503 server_busy
     └── UpstreamTimeout         504 upstream_timeout
 
 ``not_found``, ``method_not_allowed`` and ``internal_error`` are not in API.md's table:
 they cover a path that does not exist, a wrong method, and a bug in the gateway itself.
 ``origin_not_allowed`` is the browser-facing API's refusal of a page whose origin is not
 one of the calling app's registered origins (``wattfare apps create --origin``): a
-consent link is only ever posted back to a registered origin.
+consent link is only ever posted back to a registered origin. ``request_timeout``,
+``headers_too_large`` and ``server_busy`` are answered by the HTTP server itself
+(``gateway/server.py``) to a client that is too slow, sends too large a request head, or
+arrives when the connection limit is reached.
 """
 
 from __future__ import annotations
@@ -122,6 +128,14 @@ class RequestTooLarge(GatewayError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
 
 
+class RequestTimeout(GatewayError):
+    status, type, code = 408, "invalid_request_error", "request_timeout"
+
+
+class HeadersTooLarge(GatewayError):
+    status, type, code = 431, "invalid_request_error", "headers_too_large"
+
+
 class RateLimited(GatewayError):
     status, type, code = 429, "rate_limit_error", "rate_limited"
 
@@ -132,6 +146,10 @@ class InternalError(GatewayError):
 
 class UpstreamError(GatewayError):
     status, type, code = 502, "api_error", "upstream_error"
+
+
+class ServerBusy(GatewayError):
+    status, type, code = 503, "api_error", "server_busy"
 
 
 class UpstreamTimeout(GatewayError):

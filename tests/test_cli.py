@@ -94,3 +94,17 @@ def test_demo_once_streams_a_reply_and_its_cost(tmp_path: Path) -> None:
     assert "tok tok" in done.stdout
     assert "charged: $0.0000" in done.stdout
     assert "'status': 'connected'" in done.stdout
+
+
+def test_serve_believes_forwarded_headers_only_from_configured_peers() -> None:
+    from gateway.config import settings_from_mapping
+    from gateway.server import BoundedProtocol, uvicorn_options
+
+    plain = uvicorn_options(settings_from_mapping({}, environ={}))
+    assert plain["proxy_headers"] is False
+    assert plain["http"] is BoundedProtocol
+    behind = uvicorn_options(settings_from_mapping(
+        {"server": {"forwarded_allow_ips": ["10.0.0.0/8", "127.0.0.1"]}}, environ={}
+    ))
+    assert behind["proxy_headers"] is True
+    assert behind["forwarded_allow_ips"] == ["10.0.0.0/8", "127.0.0.1"]

@@ -81,6 +81,16 @@ def test_default_cap_is_integer_nano_usd() -> None:
             {"metering": {"default_monthly_usd": -1}}, "metering.default_monthly_usd", id="neg"
         ),
         pytest.param({"server": {"prot": 1}}, "server.prot", id="unknown-key"),
+        pytest.param(
+            {"server": {"forwarded_allow_ips": ["10.0.0.300"]}}, "server.forwarded_allow_ips",
+            id="not-an-ip",
+        ),
+        pytest.param(
+            {"server": {"forwarded_allow_ips": "127.0.0.1"}}, "server.forwarded_allow_ips",
+            id="not-a-list",
+        ),
+        pytest.param({"server": {"header_timeout_s": 0}}, "server.header_timeout_s", id="head"),
+        pytest.param({"server": {"max_header_bytes": 10}}, "server.max_header_bytes", id="hb"),
         pytest.param({"sever": {}}, "sever", id="unknown-section"),
         pytest.param({"store": "x"}, "store", id="not-a-table"),
     ],

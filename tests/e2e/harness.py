@@ -140,6 +140,7 @@ class GatewayConfig:
     default_monthly_usd: float = 10.0
     checkpoint_interval_s: float = 2.0
     transport: str = "aiohttp"
+    server_extra: str = ""  # more [server] lines (and tables after them, e.g. [consent])
 
     def toml(self, *, port: int, upstream_api: str, db: Path) -> str:
         return (
@@ -147,6 +148,7 @@ class GatewayConfig:
             f"port = {port}\n"
             f'public_url = "http://127.0.0.1:{port}"\n'
             f"max_body_bytes = {self.max_body_bytes}\n"
+            f"{self.server_extra}"
             "[upstream]\n"
             f'base_url = "{upstream_api}"\n'
             "connect_timeout_s = 2\n"
