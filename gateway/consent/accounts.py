@@ -1,16 +1,25 @@
 """Sign-up, sign-in and sign-out on the gateway's own origin.
 
-A successful sign-in or sign-up starts a fresh server-side session (the store keeps a
-hash of its id) and sets it in a signed ``HttpOnly``, ``SameSite=Lax`` cookie, ``Secure``
-(and ``__Host-``-prefixed) when the public URL is https. Attempts are throttled per email
-and per client address; the email's count is cleared by a successful sign-in.
+A successful sign-in starts a fresh server-side session (the store keeps a hash of its
+id) and sets it in a signed ``HttpOnly``, ``SameSite=Lax`` cookie, ``Secure`` (and
+``__Host-``-prefixed) when the public URL is https.
+
+Sign-in attempts are counted per client address (a window), and wrong passwords per
+account *and* client address (a doubling wait, cleared by a success): a stranger's
+guesses slow down the stranger, never lock out the owner (see ``limits.py``).
+
+Sign-up answers the same whether or not the email has an account: the same redirect to
+sign-in, the same cookies, the password hashed either way. It never signs anyone in, so
+it cannot tell a free email from a taken one; the person signs in next.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -60,17 +69,24 @@ async def _start_session(request: Request, account: Account, next_url: str) -> R
     return response
 
 
+async def _too_many(request: Request, wait_s: float) -> Response:
+    minutes = math.ceil(wait_s / 60)
+    after = (
+        f"{math.ceil(wait_s)} second{'s' if math.ceil(wait_s) != 1 else ''}" if wait_s < 60
+        else f"{minutes} minute{'s' if minutes != 1 else ''}"
+    )
+    return await render(
+        request, "signin.html", status=429, keep_opener=True,
+        next=safe_next(request.query_params.get("next")), email="",
+        error=f"Too many attempts. Try again in {after}.",
+    )
+
+
 async def _throttled(request: Request, *keys_and_limits: tuple[str, int]) -> Response | None:
     limiter = consent_of(request).limiter
     for key, limit in keys_and_limits:
         if limiter.blocked(key, limit):
-            minutes = max(1, math.ceil(limiter.retry_after(key) / 60))
-            return await render(
-                request, "signin.html", status=429, keep_opener=True,
-                next=safe_next(request.query_params.get("next")), email="",
-                error=f"Too many attempts. Try again in {minutes} minute"
-                f"{'s' if minutes != 1 else ''}.",
-            )
+            return await _too_many(request, max(1.0, limiter.retry_after(key)))
     for key, _ in keys_and_limits:
         limiter.hit(key)
     return None
@@ -84,7 +100,8 @@ async def signin(request: Request) -> Response:
         if account is not None:
             return redirect(next_url)
         return await render(
-            request, "signin.html", keep_opener=True, next=next_url, email="", error=None
+            request, "signin.html", keep_opener=True, next=next_url, email="", error=None,
+            signed_up=request.query_params.get("signed_up") == "1",
         )
     form = await read_form(request)
     if not await form_ok(request, form):
@@ -92,25 +109,28 @@ async def signin(request: Request) -> Response:
             request, "signin.html", status=403, keep_opener=True, next=next_url,
             email="", error=EXPIRED_FORM,
         )
-    settings = consent_of(request).settings.consent
+    consent = consent_of(request)
+    settings = consent.settings.consent
     email = normalize_email(form.get("email", "")) or form.get("email", "").strip().lower()
-    limited = await _throttled(
-        request,
-        ("signin-ip:" + client_ip(request), settings.signin_attempts_per_ip),
-        ("signin-email:" + email, settings.signin_attempts_per_email),
-    )
+    ip = client_ip(request)
+    limited = await _throttled(request, ("signin-ip:" + ip, settings.signin_attempts_per_ip))
     if limited is not None:
         return limited
+    pair = f"{email}\x00{ip}"
+    wait = consent.backoff.wait_s(pair)
+    if wait > 0:
+        return await _too_many(request, wait)
     account = await gateway_of(request).store.account_by_email(email)
-    ok = await consent_of(request).passwords.verify(
+    ok = await consent.passwords.verify(
         account.password_hash if account is not None else None, form.get("password", "")
     )
     if not ok or account is None:
+        consent.backoff.fail(pair)
         return await render(
             request, "signin.html", status=401, keep_opener=True, next=next_url,
             email=email[:254], error="Wrong email or password.",
         )
-    consent_of(request).limiter.reset("signin-email:" + email)
+    consent.backoff.reset(pair)
     return await _start_session(request, account, next_url)
 
 
@@ -142,23 +162,22 @@ async def signup(request: Request) -> Response:
     raw_email = form.get("email", "")
     email = normalize_email(raw_email)
     password = form.get("password", "")
-    problem = "Enter a valid email address." if email is None else password_problem(password)
+    problem = (
+        "Enter a valid email address." if email is None
+        else await password_problem(password, email=email)
+    )
     if problem is not None or email is None:
         return await render(
             request, "signup.html", status=400, keep_opener=True, next=next_url,
             email=raw_email.strip()[:254], error=problem,
         )
     password_hash = await consent.passwords.hash(password)
-    try:
-        account = await gateway_of(request).store.create_account(
+    with contextlib.suppress(AccountExists):
+        await gateway_of(request).store.create_account(
             email=email, password_hash=password_hash, budget_nano=settings.default_budget_nano
         )
-    except AccountExists:
-        return await render(
-            request, "signup.html", status=409, keep_opener=True, next=next_url, email=email,
-            error="An account with this email exists already: sign in instead.",
-        )
-    return await _start_session(request, account, next_url)
+    # The same answer for a taken email as for a free one (see the module docstring).
+    return redirect(f"/signin?{urlencode({'next': next_url, 'signed_up': '1'})}")
 
 
 async def signout(request: Request) -> Response:

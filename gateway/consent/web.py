@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.config import Settings
-from gateway.consent.limits import AttemptLimiter
+from gateway.consent.limits import AttemptLimiter, Backoff
 from gateway.consent.passwords import Passwords
 from gateway.consent.signing import Signer, new_token, token_hash
 from gateway.money import nano_to_usd
@@ -44,6 +44,7 @@ class ConsentState:
     signer: Signer
     passwords: Passwords
     limiter: AttemptLimiter
+    backoff: Backoff
     templates: jinja2.Environment
     secure: bool
     public_origin: str
@@ -109,6 +110,10 @@ async def open_consent(settings: Settings, store: Store) -> ConsentState:
         signer=Signer(secret),
         passwords=Passwords(),
         limiter=AttemptLimiter(window_s=settings.consent.attempt_window_s),
+        backoff=Backoff(
+            free=settings.consent.signin_attempts_per_email,
+            max_wait_s=settings.consent.attempt_window_s,
+        ),
         templates=make_templates(),
         secure=public_url.startswith("https://"),
         public_origin=origin_of(public_url),
@@ -254,4 +259,6 @@ def safe_next(value: str | None, default: str = "/dashboard") -> str:
 
 
 def client_ip(request: Request) -> str:
+    """The client's address: the socket's peer, or what a proxy named in ``[server]
+    forwarded_allow_ips`` said (uvicorn rewrites the scope for those alone)."""
     return request.client.host if request.client is not None else "unknown"
