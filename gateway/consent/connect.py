@@ -5,15 +5,28 @@ session token asks for (``lim.monthly_usd``, else the configured default) and th
 origin that asked (which must be one of the app's registered origins). It lives ten
 minutes and works once: approving or denying uses it up, atomically in the store.
 
+A link alone connects nothing: approval is bound to the browser window that started the
+flow. ``POST /v1/connect`` also returns a ``proof`` (an HMAC of the link's id under the
+gateway's secret; never in the URL). The popup asks its opener for it with
+``{"wattfare": "connect-hello", "consent": <id>}`` posted to the link's origin; the SDK
+that made the link answers ``{"wattfare": "connect-proof", "consent": <id>, "proof": …}``
+to the popup alone, and only then is the form shown; the proof travels with the
+person's answer and is checked here. A link forwarded to someone else, opened on its own
+or from another site, has no such opener: the page says so and nothing can be approved.
+
+The person may lower the cap the app asked for, never raise it; nor may it exceed their
+own monthly budget. The page says which of the two bounds it.
+
 The popup reports the outcome to its opener with ``postMessage`` to that exact origin
 (never ``"*"``), as ``{"wattfare": "connect", "consent": <id>, "status": "connected" |
 "denied" | "expired", "connection": {...}}``, and closes. Test-mode apps are approved
-as soon as the popup opens, with the cap asked for: no person is needed, yet the app's
-code runs the same path as in live mode.
+as soon as the popup opens, with the cap asked for: no person and no budget is involved
+(test-mode users are connected on first use anyway), so their links need no proof.
 """
 
 from __future__ import annotations
 
+import hmac
 import math
 import time
 from typing import Any
@@ -24,6 +37,7 @@ from starlette.responses import Response
 from gateway.auth import CredentialKind
 from gateway.consent.signing import new_token, token_hash
 from gateway.consent.web import (
+    consent_of,
     form_ok,
     gateway_of,
     read_form,
@@ -38,6 +52,8 @@ from gateway.store.base import App, Consent, ConsentGone, period_of
 CONSENT_TTL_S = 600
 SESSION_ONLY: frozenset[CredentialKind] = frozenset({"session"})
 MAX_CAP_USD = 1_000_000.0
+# How long the page waits for its opener's proof before it says the link was forwarded.
+HANDSHAKE_MS = 3000
 
 
 async def start(request: Request) -> Response:
@@ -61,7 +77,27 @@ async def start(request: Request) -> Response:
         origin=origin, expires_at=expires_at,
     )
     public_url = state.settings.server.public_url
-    return json_response({"url": f"{public_url}/connect/{cid}", "expires_at": expires_at})
+    return json_response({
+        "url": f"{public_url}/connect/{cid}", "expires_at": expires_at,
+        "proof": _proof(request, cid),
+    })
+
+
+def _proof(request: Request, cid: str) -> str:
+    """What only the page that made the link holds (see the module docstring)."""
+    return consent_of(request).signer.mac("consent-proof", cid)
+
+
+def _proof_ok(request: Request, cid: str, proof: str | None) -> bool:
+    return bool(proof) and hmac.compare_digest(str(proof), _proof(request, cid))
+
+
+def cap_ceiling(asked_nano: int, budget_nano: int) -> tuple[int, str]:
+    """The most a person may grant, and what sets it: ``"asked"`` (the app's request)
+    or ``"budget"`` (their own monthly budget, when it is lower)."""
+    if budget_nano < asked_nano:
+        return budget_nano, "budget"
+    return asked_nano, "asked"
 
 
 async def _app(request: Request, app_id: str) -> App | None:
@@ -147,36 +183,48 @@ async def page(request: Request) -> Response:
             test_mode=True,
         )
     account, _ = await session_of(request)
-    common: dict[str, Any] = {"app": app, "consent": consent, "cid": cid, "post": None}
+    common: dict[str, Any] = {
+        "app": app, "consent": consent, "cid": cid, "post": None, "handshake": True,
+        "handshake_ms": HANDSHAKE_MS,
+    }
     if account is None:
         return await render(
             request, "connect.html", keep_opener=True, state="signin",
             next=f"/connect/{cid}", **common,
         )
     spend = await store.account_spend(account.id, period_of(time.time()))
+    ceiling, bound_by = cap_ceiling(consent.cap_nano, spend.budget_nano)
+    common.update(spend=spend, ceiling=ceiling, bound_by=bound_by)
     if request.method == "GET":
         return await render(
-            request, "connect.html", keep_opener=True, state="ask", spend=spend, error=None,
-            cap_value=f"{nano_to_usd(consent.cap_nano):.2f}", **common,
+            request, "connect.html", keep_opener=True, state="ask", error=None,
+            cap_value=f"{nano_to_usd(ceiling):.2f}", **common,
         )
     form = await read_form(request)
     if not await form_ok(request, form):
         return await render(
-            request, "connect.html", status=403, keep_opener=True, state="ask", spend=spend,
+            request, "connect.html", status=403, keep_opener=True, state="ask",
             error="This form has expired or came from another site. Nothing was changed.",
-            cap_value=f"{nano_to_usd(consent.cap_nano):.2f}", **common,
+            cap_value=f"{nano_to_usd(ceiling):.2f}", **common,
+        )
+    if not _proof_ok(request, cid, form.get("proof")):
+        common.update(handshake=False)
+        return await render(
+            request, "connect.html", status=403, keep_opener=True, state="unbound", **common,
         )
     approve = form.get("decision") == "approve"
-    cap = _parse_cap(form.get("cap", "")) if approve else consent.cap_nano
-    if cap is None:
+    entered = _parse_cap(form.get("cap", "")) if approve else consent.cap_nano
+    if entered is None:
         return await render(
-            request, "connect.html", status=400, keep_opener=True, state="ask", spend=spend,
+            request, "connect.html", status=400, keep_opener=True, state="ask",
             error=f"Enter a monthly cap between $0.01 and ${MAX_CAP_USD:,.0f}.",
             cap_value=form.get("cap", "")[:20], **common,
         )
+    cap = min(entered, ceiling) if approve else entered
     return await _finish(
         request, cid, consent, app, approve=approve, account_id=account.id, cap=cap,
-        test_mode=False,
+        test_mode=False, lowered=bound_by if approve and entered > ceiling else None,
+        entered=entered,
     )
 
 
@@ -190,6 +238,8 @@ async def _finish(
     account_id: str | None,
     cap: int,
     test_mode: bool,
+    lowered: str | None = None,
+    entered: int | None = None,
 ) -> Response:
     try:
         done = await gateway_of(request).store.finish_consent(
@@ -204,6 +254,6 @@ async def _finish(
         message = _message(cid, "denied")
     return await render(
         request, "connect.html", keep_opener=True, state="approved" if approve else "denied",
-        app=app, consent=done, test_mode=test_mode,
+        app=app, consent=done, test_mode=test_mode, lowered=lowered, entered=entered,
         post={"target": done.origin, "message": message, "close": True},
     )

@@ -91,15 +91,34 @@ PASSWORD = "correct horse"
 
 
 def sign_up(client: TestClient, email: str = "ada@example.com", password: str = PASSWORD) -> None:
+    """Create the account, then sign in with it (sign-up alone signs nobody in)."""
     page = client.get("/signup")
     response = client.post(
         "/signup", data={"csrf": csrf_of(page.text), "email": email, "password": password},
         follow_redirects=False,
     )
     assert response.status_code == 303, response.text
+    assert response.headers["location"].startswith("/signin?")
+    sign_in(client, email, password)
+
+
+def sign_in(client: TestClient, email: str = "ada@example.com", password: str = PASSWORD) -> None:
+    page = client.get("/signin")
+    response = client.post(
+        "/signin", data={"csrf": csrf_of(page.text), "email": email, "password": password},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
 
 
 def start_consent(env: Env, *, user: str = "u1", cap: float | None = 5.0) -> str:
+    return start_consent_with_proof(env, user=user, cap=cap)[0]
+
+
+def start_consent_with_proof(
+    env: Env, *, user: str = "u1", cap: float | None = 5.0
+) -> tuple[str, str]:
+    """The consent page's path, and the proof only the page that asked receives."""
     response = env.client.post(
         "/v1/connect", headers={"Authorization": f"Bearer {env.token(user, cap=cap)}",
                                 "Origin": APP_ORIGIN},
@@ -107,5 +126,5 @@ def start_consent(env: Env, *, user: str = "u1", cap: float | None = 5.0) -> str
     assert response.status_code == 200, response.text
     url = response.json()["url"]
     assert url.startswith(PUBLIC + "/connect/")
-    return str(url[len(PUBLIC):])
+    return str(url[len(PUBLIC):]), str(response.json()["proof"])
 

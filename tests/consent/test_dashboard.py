@@ -10,14 +10,14 @@ import pytest
 from gateway.live import LiveStreams
 from gateway.store.base import period_of
 
-from .helpers import Env, csrf_of, sign_up, start_consent
+from .helpers import Env, csrf_of, sign_up, start_consent_with_proof
 
 
 def connect(env: Env, *, user: str = "u1", cap: str = "4") -> None:
-    path = start_consent(env, user=user)
+    path, proof = start_consent_with_proof(env, user=user)
     page = env.client.get(path)
     done = env.client.post(path, data={"csrf": csrf_of(page.text), "decision": "approve",
-                                       "cap": cap})
+                                       "cap": cap, "proof": proof})
     assert 'data-state="approved"' in done.text
 
 

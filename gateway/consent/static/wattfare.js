@@ -191,6 +191,11 @@ export class Wattfare extends EventTarget {
         // Only the gateway's own page in the window we opened may answer, about this link.
         if (event.origin !== this.origin || event.source !== popup) return;
         const data = event.data;
+        if (data && data.wattfare === "connect-hello" && data.consent === consentId) {
+          // The consent page asks for proof that this window started the flow.
+          popup.postMessage({ wattfare: "connect-proof", consent: consentId, proof: started.proof }, this.origin);
+          return;
+        }
         if (!data || data.wattfare !== "connect" || data.consent !== consentId) return;
         try { popup.close(); } catch { /* ignore */ }
         if (data.status === "connected" && data.connection) {
