@@ -66,14 +66,20 @@ class AttemptLimiter:
 
 class Backoff:
     """Failures per key; after ``free`` of them each further attempt waits twice as long
-    as the one before (1 s, 2 s, 4 s, … up to ``max_wait_s``). A success clears the key;
-    a key with no failure for twice ``max_wait_s`` is forgotten."""
+    as the one before (``first_wait_s``, twice that, … up to ``max_wait_s``). A success
+    clears the key; a key with no failure for twice ``max_wait_s`` is forgotten."""
 
     def __init__(
-        self, *, free: int, max_wait_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        free: int,
+        max_wait_s: float,
+        first_wait_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.free = free
         self.max_wait_s = max_wait_s
+        self.first_wait_s = first_wait_s
         self._clock = clock
         self._failures: dict[str, tuple[int, float]] = {}  # key -> (count, last failure)
 
@@ -90,7 +96,7 @@ class Backoff:
         if entry is None or entry[0] < self.free:
             return 0.0
         count, last = entry
-        wait = min(self.max_wait_s, 2.0 ** (count - self.free))
+        wait = min(self.max_wait_s, self.first_wait_s * 2.0 ** (count - self.free))
         return max(0.0, last + wait - self._clock())
 
     def fail(self, key: str) -> None:

@@ -109,7 +109,7 @@ def test_a_strangers_guesses_do_not_lock_out_the_owner(env: Env) -> None:
 
 def test_the_wait_doubles_and_a_success_clears_it() -> None:
     now = [1000.0]
-    backoff = Backoff(free=2, max_wait_s=60, clock=lambda: now[0])
+    backoff = Backoff(free=2, max_wait_s=60, first_wait_s=1, clock=lambda: now[0])
     for _ in range(2):
         assert backoff.wait_s("k") == 0
         backoff.fail("k")

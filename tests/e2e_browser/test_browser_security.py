@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from .harness import SIGNIN_LIMIT, Stack
-from .test_consent_flow import PASSWORD, new_email, sign_up
+from .test_consent_flow import PASSWORD, new_email, open_consent, sign_up
 
 pytestmark = pytest.mark.browser
 
@@ -53,15 +53,58 @@ def test_consent_link_works_once(
 ) -> None:
     page = context.new_page()
     sign_up(page, stack, new_email())
-    url = stack.start_consent("once-" + uuid.uuid4().hex[:6])
-    page.goto(url)
-    page.get_by_role("button", name="Approve").click()
-    expect(page.get_by_role("heading", level=1)).to_have_text("Connected")
-    shot(page, "consent-approved")
-    response = page.goto(url)
+    popup = open_consent(page, stack, "once-" + uuid.uuid4().hex[:6])
+    url = popup.url
+    popup.get_by_role("button", name="Approve").click()
+    expect(page.locator("#status")).to_have_text("connected")
+    again = context.new_page()
+    response = again.goto(url)
     assert response is not None and response.status == 410
-    expect(page.get_by_role("heading", level=1)).to_have_text("This link was already used")
-    shot(page, "consent-used")
+    expect(again.get_by_role("heading", level=1)).to_have_text("This link was already used")
+    shot(again, "consent-used")
+
+
+def test_a_forwarded_consent_link_connects_nothing(
+    stack: Stack, browser_context_factory: Callable[[], BrowserContext],
+    shot: Callable[..., None],
+) -> None:
+    # Two people, two browsers: the sender uses the app; the victim has a budget.
+    sender_browser, victim_browser = browser_context_factory(), browser_context_factory()
+    sender = "sender-" + uuid.uuid4().hex[:6]
+    popup = open_consent(sender_browser.new_page(), stack, sender)
+    expect(popup.locator("#bound")).to_be_visible()  # her own window: the proof arrived
+    link = popup.url
+
+    victim = victim_browser.new_page()
+    sign_up(victim, stack, new_email())
+    victim.goto(link)
+    expect(victim.locator("#unbound")).to_be_visible()
+    expect(victim.locator("#unbound")).to_contain_text("forwarded")
+    expect(victim.locator("#bound")).to_be_hidden()
+    expect(victim.locator(".app-account")).to_have_text(sender)
+    shot(victim, "consent-forwarded")
+
+    # Opened as a popup from a page on another origin: no proof comes, the same answer.
+    opener = victim_browser.new_page()
+    opener.goto(f"{stack.evil}/forge")
+    opener.evaluate(
+        """(link) => { const b = document.createElement("button"); b.id = "go";
+            b.textContent = "go"; b.onclick = () => window.open(link, "x", "popup");
+            document.body.appendChild(b); }""",
+        link,
+    )
+    with opener.expect_popup() as opened:
+        opener.click("#go")
+    expect(opened.value.locator("#unbound")).to_be_visible()
+    expect(opened.value.locator("#bound")).to_be_hidden()
+
+    # The hidden form forced open and sent without the proof: refused, nothing used.
+    victim.evaluate("() => { document.getElementById('bound').hidden = false; }")
+    victim.get_by_role("button", name="Approve").click()
+    expect(victim.get_by_role("heading", level=1)).to_have_text("Nothing was connected")
+    shot(victim, "consent-forwarded-refused")
+    assert stack.sql("SELECT COUNT(*) FROM connections WHERE user_id = ?", sender) == [(0,)]
+    assert consent_row(stack, link) == (None, None)
 
 
 def test_expired_consent_link(
@@ -200,15 +243,15 @@ def test_cross_site_posts_are_refused(
     url = stack.start_consent(user)
     page.goto(f"{stack.evil}/forge")
     post_from(page, url, {"decision": "approve", "cap": "1000"})
-    expect(page.get_by_role("alert")).to_contain_text("came from another site")
+    expect(page.get_by_role("alert").first).to_contain_text("came from another site")
     shot(page, "csrf-approve-refused")
     assert consent_row(stack, url) == (None, None)
     assert stack.sql("SELECT COUNT(*) FROM connections WHERE user_id = ?", user) == [(0,)]
 
-    # Connect for real, then try to revoke from another origin.
-    page.goto(url)
-    page.get_by_role("button", name="Approve").click()
-    expect(page.get_by_role("heading", level=1)).to_have_text("Connected")
+    # Connect for real (through the app's popup), then try to revoke from another origin.
+    popup = open_consent(page, stack, user)
+    popup.get_by_role("button", name="Approve").click()
+    expect(page.locator("#status")).to_have_text("connected")
     page.goto(f"{stack.evil}/forge")
     post_from(page, f"{stack.gateway}/dashboard/revoke",
               {"app_id": stack.acme.app_id, "user_id": user})

@@ -31,11 +31,33 @@ def wait_closed(page: Page, *, seconds: float = 5.0) -> bool:
 
 
 def sign_up(page: Page, stack: Stack, email: str) -> None:
+    """Create the account, then sign in with it (sign-up alone signs nobody in)."""
     page.goto(f"{stack.gateway}/signup")
     page.fill("#email", email)
     page.fill("#password", PASSWORD)
     page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(re.escape(stack.gateway) + r"/signin\?"))
+    sign_in(page, email)
     expect(page).to_have_url(f"{stack.gateway}/dashboard")
+
+
+def sign_in(page: Page, email: str) -> None:
+    """Fill in the sign-in form the page shows."""
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def open_consent(page: Page, stack: Stack, user: str) -> Page:
+    """The sample app, as ``user``, opens the consent popup; the popup, once the gateway's
+    page has the proof from the SDK that opened it."""
+    page.goto(f"{stack.app}/?user={user}")
+    expect(page.locator("#status")).to_have_text("not_connected")
+    with page.expect_popup() as opened:
+        page.get_by_role("button", name="Connect AI budget").click()
+    popup = opened.value
+    popup.wait_for_url(f"{stack.gateway}/connect/**")
+    return popup
 
 
 def test_connect_stream_and_revoke(
@@ -57,14 +79,22 @@ def test_connect_stream_and_revoke(
     expect(popup.get_by_role("heading", level=1)).to_contain_text("Acme Writer")
     shot(popup, "consent-signed-out")
 
+    expect(popup.locator(".app-account")).to_have_text(user)
     popup.get_by_role("link", name="Create account").click()
-    popup.fill("#email", new_email())
+    email = new_email()
+    popup.fill("#email", email)
     popup.fill("#password", PASSWORD)
     shot(popup, "signup")
     popup.get_by_role("button", name="Create account").click()
+    expect(popup.locator(".notice")).to_contain_text("Sign in with the email and password")
+    sign_in(popup, email)
 
-    # Back on the consent page, signed in: the app asks for $5; the person lowers it.
+    # Back on the consent page, signed in: the page has the SDK's proof, so the form
+    # shows; the app asks for $5, the most it may get, and the person lowers it.
+    expect(popup.locator("#bound")).to_be_visible()
+    expect(popup.locator("#unbound")).to_be_hidden()
     expect(popup.locator("#cap")).to_have_value("5.00")
+    expect(popup.locator(".ceiling")).to_have_text("$5.00")
     expect(popup.locator(".budget-left strong")).to_have_text("$20.00")
     popup.fill("#cap", "2.50")
     shot(popup, "consent-popup", docs=True)
