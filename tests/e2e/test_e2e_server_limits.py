@@ -90,9 +90,9 @@ def sockets() -> Iterator[list[socket.socket]]:
 
 
 def test_a_dribbled_head_is_answered_408(gateway: Gateway, sockets: list[socket.socket]) -> None:
+    started = time.monotonic()  # the deadline runs from the connection's opening
     sock = connect(gateway)
     sockets.append(sock)
-    started = time.monotonic()
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n")
     raw = read_all(sock, dribble=b"X-Slow: 1\r\n")
     elapsed = time.monotonic() - started
@@ -101,13 +101,13 @@ def test_a_dribbled_head_is_answered_408(gateway: Gateway, sockets: list[socket.
     assert headers["connection"] == "close"
     assert headers["content-type"] == "application/json"
     assert body["error"]["code"] == "request_timeout"  # type: ignore[index]
-    assert HEAD_S <= elapsed < HEAD_S + 3
+    assert HEAD_S * 0.9 <= elapsed < HEAD_S + 3
 
 
 def test_a_silent_connection_is_closed(gateway: Gateway, sockets: list[socket.socket]) -> None:
+    started = time.monotonic()
     sock = connect(gateway)
     sockets.append(sock)
-    started = time.monotonic()
     assert read_all(sock) == b""
     assert time.monotonic() - started < HEAD_S + 3
 
