@@ -102,7 +102,7 @@ async def change_password(request: Request) -> Response:
         return checked
     account, form = checked
     new = form.get("new_password", "")
-    problem = password_problem(new)
+    problem = await password_problem(new, email=account.email)
     if problem is not None:
         return await _page(request, status=400, error=problem, section="password")
     refused = await _password_ok(request, account, form.get("password", ""), "password")

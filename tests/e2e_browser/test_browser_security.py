@@ -56,7 +56,7 @@ def test_consent_link_works_once(
     popup = open_consent(page, stack, "once-" + uuid.uuid4().hex[:6])
     url = popup.url
     popup.get_by_role("button", name="Approve").click()
-    expect(page.locator("#status")).to_have_text("connected")
+    expect(page.locator("#status")).to_have_attribute("data-status", "connected")
     again = context.new_page()
     response = again.goto(url)
     assert response is not None and response.status == 410
@@ -251,7 +251,7 @@ def test_cross_site_posts_are_refused(
     # Connect for real (through the app's popup), then try to revoke from another origin.
     popup = open_consent(page, stack, user)
     popup.get_by_role("button", name="Approve").click()
-    expect(page.locator("#status")).to_have_text("connected")
+    expect(page.locator("#status")).to_have_attribute("data-status", "connected")
     page.goto(f"{stack.evil}/forge")
     post_from(page, f"{stack.gateway}/dashboard/revoke",
               {"app_id": stack.acme.app_id, "user_id": user})

@@ -52,7 +52,7 @@ def open_consent(page: Page, stack: Stack, user: str) -> Page:
     """The sample app, as ``user``, opens the consent popup; the popup, once the gateway's
     page has the proof from the SDK that opened it."""
     page.goto(f"{stack.app}/?user={user}")
-    expect(page.locator("#status")).to_have_text("not_connected")
+    expect(page.locator("#status")).to_have_attribute("data-status", "not_connected")
     with page.expect_popup() as opened:
         page.get_by_role("button", name="Connect AI budget").click()
     popup = opened.value

@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from .harness import Stack
-from .test_consent_flow import PASSWORD, new_email, sign_up
+from .test_consent_flow import PASSWORD, new_email, open_consent, sign_up
 
 pytestmark = pytest.mark.browser
 
@@ -25,10 +25,11 @@ MODEL = "openai/gpt-4o-mini"
 
 
 def approve(page: Page, stack: Stack, user: str) -> None:
-    """Connect Acme Writer for ``user`` to the signed-in account, through its consent page."""
-    page.goto(stack.start_consent(user))
-    page.get_by_role("button", name="Approve").click()
-    expect(page.get_by_role("heading", level=1)).to_have_text("Connected")
+    """Connect Acme Writer for ``user`` to the signed-in account, through the app's popup
+    (a consent link works only in the window the app opened)."""
+    popup = open_consent(page, stack, user)
+    popup.get_by_role("button", name="Approve").click()
+    expect(page.locator("#status")).to_have_attribute("data-status", "connected")
 
 
 def chat(stack: Stack, user: str, **fake: object) -> httpx.Response:
