@@ -230,6 +230,8 @@ class ChatCompletions:
         record.code = outcome.error_code
         if refusal is not None:
             raise refusal
+        if outcome.error is not None:
+            raise outcome.error
         if outcome.http_status == 499:
             record.status, record.code = 499, "client_disconnected"
         elif tail is not None:

@@ -19,6 +19,7 @@ from gateway.errors import UpstreamError
 from gateway.metering import Price
 from gateway.relay.outcome import Outcome
 from gateway.relay.stream import generation_id_of
+from gateway.sse import token_bound
 from gateway.upstreams.base import Upstream
 from gateway.upstreams.errors import error_in_body, mapped_transport_errors
 
@@ -40,12 +41,25 @@ async def complete(
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise UpstreamError("The upstream sent an unusable response.") from None
+    outcome.generation_id = generation_id_of(response.headers) or (
+        _id_of(doc) if isinstance(doc, dict) else None
+    )
     if not isinstance(doc, dict) or "choices" not in doc:
         status = error_in_body(raw)
-        if status is not None:
-            raise upstream.error(status, raw, response.headers, funded_by_user=funded_by_user)
-        raise UpstreamError("The upstream sent an unusable response.")
-    outcome.generation_id = generation_id_of(response.headers) or _id_of(doc)
+        if status is None:
+            raise UpstreamError("The upstream sent an unusable response.")
+        # An error the upstream met while generating (answered 200, as OpenRouter
+        # does): it may have billed the work done, so the request is charged like a
+        # stream that broke (the upstream's record where it keeps one, else the bound
+        # of the prompt), and the client gets the error.
+        outcome.error = upstream.error(status, raw, response.headers,
+                                       funded_by_user=funded_by_user)
+        outcome.status, outcome.http_status = "upstream_error", outcome.error.status
+        outcome.error_code = outcome.error.code
+        outcome.set_cost(cost=price.cost_nano(prompt_tokens, 0), source="estimate",
+                         prompt_tokens=prompt_tokens, completion_tokens=0)
+        outcome.estimate_only = True
+        return outcome
     usage = doc.get("usage")
     if isinstance(usage, dict):
         cost = upstream.usage(usage, price)
@@ -53,10 +67,12 @@ async def complete(
                          prompt_tokens=cost.prompt_tokens,
                          completion_tokens=cost.completion_tokens)
     else:
-        # No usage reported: the prompt's bound now, the upstream's record later (the
-        # hold, sized for the whole bounded completion, stays until then).
-        outcome.set_cost(cost=price.cost_nano(prompt_tokens, 0), source="estimate",
-                         prompt_tokens=prompt_tokens, completion_tokens=0)
+        # No usage reported: the bound of the prompt and of the text in the answer (in
+        # whatever JSON spelling), until the upstream's record says better where it
+        # keeps one.
+        completion = token_bound(raw)
+        outcome.set_cost(cost=price.cost_nano(prompt_tokens, completion), source="estimate",
+                         prompt_tokens=prompt_tokens, completion_tokens=completion)
         outcome.estimate_only = True
     outcome.body = raw
     return outcome

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.errors import GatewayError
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -29,6 +31,9 @@ class Outcome:
     hit_lowered_bound: bool = False
     # A non-streamed answer, delivered once its charge is committed.
     body: bytes = b""
+    # A non-streamed request the upstream answered with an error after it had started
+    # (and may have billed): the client gets this error once the charge is settled.
+    error: GatewayError | None = None
 
     def set_cost(
         self, *, cost: int, source: str, prompt_tokens: int, completion_tokens: int

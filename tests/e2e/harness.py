@@ -141,6 +141,9 @@ class GatewayConfig:
     checkpoint_interval_s: float = 2.0
     transport: str = "aiohttp"
     server_extra: str = ""  # more [server] lines (and tables after them, e.g. [consent])
+    # "openai": the fake's OpenAI-compatible dialect (its base URL ends in /v1), priced
+    # by [upstream.prices] at the fake's own list prices.
+    upstream_kind: str = "openrouter"
 
     def toml(self, *, port: int, upstream_api: str, db: Path) -> str:
         return (
@@ -150,17 +153,29 @@ class GatewayConfig:
             f"max_body_bytes = {self.max_body_bytes}\n"
             f"{self.server_extra}"
             "[upstream]\n"
+            f'kind = "{self.upstream_kind}"\n'
             f'base_url = "{upstream_api}"\n'
             "connect_timeout_s = 2\n"
             f"first_byte_timeout_s = {self.first_byte_timeout_s}\n"
             f"idle_timeout_s = {self.idle_timeout_s}\n"
             f'transport = "{self.transport}"\n'
-            "[store]\n"
+            + (_fake_prices() if self.upstream_kind == "openai" else "")
+            + "[store]\n"
             f'path = "{db}"\n'
             "[metering]\n"
             f"default_monthly_usd = {self.default_monthly_usd}\n"
             f"checkpoint_interval_s = {self.checkpoint_interval_s}\n"
         )
+
+
+def _fake_prices() -> str:
+    """``[upstream.prices]`` at the simulated upstream's own list prices (USD per million
+    tokens), for the models the tests use."""
+    lines = ["[upstream.prices]"]
+    for model in (MODEL,):
+        prompt, completion = (Decimal(p) * 1_000_000 for p in price_of(model))
+        lines.append(f'"{model}" = {{ prompt = {prompt}, completion = {completion} }}')
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -423,8 +438,15 @@ def iter_events(response: httpx.Response) -> Iterator[tuple[float, bytes]]:
 
 
 def is_content(event: bytes) -> bool:
-    """A chunk carrying generated text (the fake's chunks all say ``"content":"…"``)."""
-    return event.startswith(b"data: {") and b'"content":"' in event and b'"content":""' not in event
+    """A chunk carrying generated text, in any JSON spelling."""
+    if not event.startswith(b"data: {") or b"content" not in event:
+        return False
+    try:
+        doc = json.loads(event[6:])
+    except ValueError:
+        return False
+    choices = doc.get("choices") if isinstance(doc, dict) else None
+    return bool(choices) and bool((choices[0].get("delta") or {}).get("content"))
 
 
 class BackgroundStream:

@@ -262,9 +262,13 @@ def test_non_streamed_error_body_is_an_upstream_error(
                     chat_body("hi", stream=False, fault="mid_stream_error"))
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_error"
-    assert_consistent(gateway.db)
+    assert_consistent(gateway.db, timeout=20)
     [row] = ledger(gateway.db, user_id)
-    assert (row.status, row.cost_nano) == ("failed", 0)
+    # The upstream had started, and billed the prompt: so is the user, to its record.
+    assert (row.status, row.error_code, row.cost_source) == (
+        "upstream_error", "upstream_error", "generation")
+    assert row.cost_nano == fake_cost_nano(prompt_tokens=fake_prompt_tokens("hi"),
+                                           completion_tokens=row.completion_tokens)
 
 
 @pytest.mark.parametrize("stream", [pytest.param(True, id="stream"),
