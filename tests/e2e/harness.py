@@ -446,7 +446,9 @@ def is_content(event: bytes) -> bool:
     except ValueError:
         return False
     choices = doc.get("choices") if isinstance(doc, dict) else None
-    return bool(choices) and bool((choices[0].get("delta") or {}).get("content"))
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return False
+    return bool((choices[0].get("delta") or {}).get("content"))
 
 
 class BackgroundStream:
