@@ -86,6 +86,14 @@ BODIES = [
                  "max_tokens", id="max-tokens-zero"),
     pytest.param(_json({**chat_body("hi"), "max_tokens": "10"}), 400, "invalid_request",
                  "max_tokens", id="max-tokens-a-string"),
+    pytest.param(_json({**chat_body("hi"), "stream_options": True}), 400, "invalid_request",
+                 "stream_options", id="stream-options-not-an-object"),
+    # orjson reads 1,024 levels but writes 255: refused before the hold, not after it.
+    pytest.param(
+        b'{"model": "' + MODEL.encode() + b'", "messages": [{"role": "user", "content": "hi"}],'
+        b' "extra": ' + b"[" * 300 + b"]" * 300 + b"}",
+        400, "invalid_request", None, id="nested-deeper-than-forwardable",
+    ),
     pytest.param(BIG, 413, "request_too_large", None, id="over-size-limit"),
     pytest.param(_chunked(BIG), 413, "request_too_large", None, id="over-size-limit-chunked"),
     pytest.param(_json({**chat_body("hi"), "model": "nobody/no-such-model"}), 404,
