@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.money import NANO_PER_USD
+from gateway.money import MAX_USD, NANO_PER_USD, parse_usd
 from gateway.store import make_store
 from gateway.store.base import App, NewApp, UnknownApp
 
@@ -51,13 +51,10 @@ def _app_name(text: str) -> str:
 
 
 def _usd(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1e9:  # also refuses NaN
-        raise argparse.ArgumentTypeError("an amount in USD between 0 and 1e9")
-    return value
+    nano = parse_usd(text)
+    if nano is None:
+        raise argparse.ArgumentTypeError(f"an amount in USD from 0 to {MAX_USD:g}")
+    return nano / NANO_PER_USD
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.metering import Price
-from gateway.money import NANO_PER_USD, pico_per_token_from_per_million
+from gateway.money import NANO_PER_USD, pico_per_token_from_per_million, usd_to_nano
 
 
 class ConfigError(ValueError):
@@ -148,11 +148,11 @@ def _string(section: str, key: str, value: Any) -> str:
 
 
 def _usd_nano(section: str, key: str, value: Any) -> int:
-    """A USD amount (0 to 1e9) as integer nano-USD."""
-    usd = _number(section, key, value, minimum=0, strict=False)
-    if usd > 1e9:
-        raise ConfigError(f"{section}.{key}: must be at most 1e9, got {usd!r}")
-    return round(usd * NANO_PER_USD)
+    """A USD amount as integer nano-USD (the range every USD amount shares)."""
+    try:
+        return usd_to_nano(value)
+    except ValueError as exc:
+        raise ConfigError(f"{section}.{key}: {exc}") from None
 
 
 def _boolean(section: str, key: str, value: Any) -> bool:

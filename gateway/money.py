@@ -34,6 +34,19 @@ def usd_to_nano(value: Any) -> int:
     return round(Decimal(repr(value)) * NANO_PER_USD)
 
 
+def parse_usd(text: str) -> int | None:
+    """A USD amount as typed by a person or on a command line (``7.5``, `` $1,000 ``)
+    as nano-USD; None when it is not one :func:`usd_to_nano` accepts."""
+    try:
+        value = float(text.strip().lstrip("$").replace(",", ""))
+    except ValueError:
+        return None
+    try:
+        return usd_to_nano(value)
+    except ValueError:
+        return None
+
+
 def nano_to_usd(nano: int) -> float:
     """Nano-USD as a USD number, for the API edge only."""
     return nano / NANO_PER_USD

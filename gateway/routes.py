@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -14,7 +13,7 @@ from starlette.responses import Response
 from gateway.auth import ONE_USER_HEADER, CredentialKind, Principal
 from gateway.errors import GatewayError, InvalidRequest, NotConnected
 from gateway.http import json_object, read_body
-from gateway.money import nano_to_usd
+from gateway.money import nano_to_usd, usd_to_nano
 from gateway.state import GatewayState
 from gateway.store.base import ConnectionState, period_of
 from gateway.tokens import mint_session_token, valid_user_id
@@ -98,16 +97,12 @@ async def create_session(request: Request) -> Response:
             raise InvalidRequest("'request_limit' must be an object.", param="request_limit")
         value = limit.get("monthly_usd")
         if value is not None:
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or not 0 <= value <= 1e9
-            ):
+            try:
+                usd_to_nano(value)
+            except ValueError as exc:
                 raise InvalidRequest(
-                    "'request_limit.monthly_usd' must be a number >= 0.",
-                    param="request_limit.monthly_usd",
-                )
+                    f"'request_limit.monthly_usd' {exc}.", param="request_limit.monthly_usd"
+                ) from None
             monthly_usd = float(value)
     # The secret key signs the token in memory and is forgotten; it is never stored.
     secret = request.headers["authorization"].partition(" ")[2].strip()
