@@ -82,7 +82,7 @@ def test_a_forwarded_consent_link_connects_nothing(
     expect(victim.locator("#unbound")).to_contain_text("forwarded")
     expect(victim.locator("#bound")).to_be_hidden()
     expect(victim.locator(".app-account")).to_have_text(sender)
-    shot(victim, "consent-forwarded")
+    shot(victim, "consent-forwarded", docs=True)
 
     # Opened as a popup from a page on another origin: no proof comes, the same answer.
     opener = victim_browser.new_page()
