@@ -34,6 +34,7 @@ def consent_routes() -> list[Route]:
         Route("/account/signout-everywhere", profile.signout_everywhere, methods=["POST"]),
         Route("/account/delete", profile.delete_account, methods=["POST"]),
         Route("/sdk/wattfare.js", assets.sdk, methods=["GET"]),
+        Route("/sdk/origin", assets.origin_check, methods=["GET"]),
         Route("/static/wattfare.css", assets.stylesheet, methods=["GET"]),
     ]
 

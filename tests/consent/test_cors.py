@@ -86,3 +86,45 @@ def test_sdk_is_importable_from_any_origin(env: Env) -> None:
     assert response.headers["access-control-allow-origin"] == "*"
     assert "export class Wattfare" in response.text
     assert "event.origin !== this.origin" in response.text
+
+
+def test_sdk_is_the_js_packages_client_build(env: Env) -> None:
+    # One source of truth: the served file is wattfare/client's build (the JS tests check
+    # that it equals a fresh build of js/src/client/index.ts).
+    response = env.client.get("/sdk/wattfare.js")
+    assert response.text.startswith("// Wattfare browser SDK (wattfare/client)")
+    assert not any(line.startswith("import ") for line in response.text.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("origin", "registered"),
+    [
+        pytest.param(APP_ORIGIN, True, id="registered"),
+        pytest.param("http://elsewhere.localhost:9", False, id="not-registered"),
+    ],
+)
+def test_origin_check_answers_any_page(env: Env, origin: str, registered: bool) -> None:
+    response = env.client.get(
+        "/sdk/origin", params={"key": env.live.keys.publishable_key}, headers={"Origin": origin}
+    )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert response.json() == {"origin": origin, "registered": registered}
+
+
+@pytest.mark.parametrize(
+    ("key", "origin", "code"),
+    [
+        pytest.param("sk_live_x", APP_ORIGIN, "invalid_api_key", id="not-a-publishable-key"),
+        pytest.param("pk_live_" + "A" * 43, APP_ORIGIN, "invalid_api_key", id="unknown-app"),
+        pytest.param(None, None, "invalid_request", id="no-origin"),
+    ],
+)
+def test_origin_check_refusals(env: Env, key: str | None, origin: str | None, code: str) -> None:
+    headers = {"Origin": origin} if origin else {}
+    response = env.client.get(
+        "/sdk/origin", params={"key": key or env.live.keys.publishable_key}, headers=headers
+    )
+    assert response.status_code in (400, 401)
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert response.json()["error"]["code"] == code
