@@ -79,6 +79,21 @@ async def _create_sample_app(settings: Settings, *, origin: str) -> str:
     return created.keys.secret_key
 
 
+NEXTJS_ORIGINS = ("http://localhost:3000", "http://127.0.0.1:3000")
+
+
+async def _create_nextjs_app(settings: Settings) -> str:
+    """A test-mode app for ``examples/nextjs`` (``npm start`` serves it on port 3000)."""
+    store = make_store(settings.store)
+    await store.open()
+    try:
+        created = await store.create_app(name="Next.js example", mode="test",
+                                         origins=NEXTJS_ORIGINS)
+    finally:
+        await store.close()
+    return created.keys.secret_key
+
+
 class _SideServer(uvicorn.Server):
     """A second server in the same loop that leaves Ctrl-C to the gateway's."""
 
@@ -134,6 +149,11 @@ def run_demo(
             print(f"Sample app (live mode, on its own origin): {sample_url}/")
             print("  Click 'Connect AI budget', create an account in the popup, approve a cap,")
             print(f"  stream a reply, then see and revoke it at {base_url}/dashboard\n")
+            nextjs_key = asyncio.run(_create_nextjs_app(settings))
+            print("The Next.js example (test mode: consent approves itself), in another shell:")
+            print("  cd examples/nextjs && npm install && npm run build")
+            print(f"  WATTFARE_URL={base_url} WATTFARE_SECRET_KEY={nextjs_key} npm start")
+            print(f"  then open {NEXTJS_ORIGINS[0]}/\n")
         sys.stdout.flush()
         return asyncio.run(_serve(
             settings, snippet=snippet if once else None, sample=sample, sample_port=sample_port
