@@ -124,8 +124,10 @@ def test_connect_stream_revoke(
     dash = context.new_page()
     dash.goto(f"{stack.gateway}/dashboard")
     dash.locator("section.app", has_text="Acme Chat").get_by_role(
-        "button", name="Revoke Acme Chat"
+        "link", name="Revoke Acme Chat"
     ).click()
+    expect(dash.get_by_role("heading", level=1)).to_have_text("Revoke Acme Chat?")
+    dash.get_by_role("button", name="Revoke Acme Chat").click()
     expect(dash.locator(".notice")).to_contain_text("Revoked")
     expect(page.locator("#status")).to_have_text("revoked", timeout=10_000)
     expect(page.get_by_role("button", name="Connect AI budget")).to_be_visible()
@@ -144,7 +146,7 @@ def test_popup_blocked_and_closed_are_typed_states(
     with page.expect_popup() as opened:
         button.click()
     opened.value.close()
-    expect(page.locator("#error")).to_have_attribute("data-code", "popup_closed")
+    expect(page.locator("#error")).to_have_attribute("data-code", "closed")
     expect(page.locator("#error")).to_contain_text("closed before the person answered")
     expect(page.locator("#status")).to_have_text("not_connected")
 

@@ -184,7 +184,7 @@ export class Wattfare extends EventTarget {
     /**
      * Opens the consent popup. Call it straight from a click handler: the window is opened
      * before anything is awaited, so popup blockers let it through. Resolves with the
-     * connection; rejects with a WattfareError coded popup_blocked, popup_closed, denied,
+     * connection; rejects with a WattfareError coded popup_blocked, closed, denied,
      * expired or origin_not_allowed (or an API code).
      */
     connect() {
@@ -279,7 +279,7 @@ export class Wattfare extends EventTarget {
                 // A message posted just before the window closed is delivered first; wait a
                 // moment so it wins over "closed".
                 if (popup.closed) {
-                    setTimeout(() => finish(() => reject(new WattfareError("popup_closed", "The consent window was closed before the person answered"))), POLL_MS);
+                    setTimeout(() => finish(() => reject(new WattfareError("closed", "The consent window was closed before the person answered"))), POLL_MS);
                 }
             }, POLL_MS);
             const wait = Math.max(0, Number(started.expires_at) * 1000 - Date.now()) + 1000;

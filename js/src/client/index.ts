@@ -20,7 +20,7 @@ const POLL_MS = 250;
 
 /** Why a call failed. The first group is the browser's side of consent:
  * - `popup_blocked`: the browser refused to open the consent window (call connect() from a click);
- * - `popup_closed`: the person closed the consent window before answering;
+ * - `closed`: the person closed the consent window before answering;
  * - `denied`: the person declined;
  * - `expired`: the consent link ran out (10 minutes); ask again;
  * - `origin_not_allowed`: this page's origin is not one the app registered with the gateway;
@@ -29,7 +29,7 @@ const POLL_MS = 250;
  * and otherwise the API's own code (`not_connected`, `connection_revoked`, `spend_cap_reached`, …). */
 export type WattfareErrorCode =
   | "popup_blocked"
-  | "popup_closed"
+  | "closed"
   | "denied"
   | "expired"
   | "origin_not_allowed"
@@ -254,7 +254,7 @@ export class Wattfare extends EventTarget {
   /**
    * Opens the consent popup. Call it straight from a click handler: the window is opened
    * before anything is awaited, so popup blockers let it through. Resolves with the
-   * connection; rejects with a WattfareError coded popup_blocked, popup_closed, denied,
+   * connection; rejects with a WattfareError coded popup_blocked, closed, denied,
    * expired or origin_not_allowed (or an API code).
    */
   connect(): Promise<Connection> {
@@ -337,7 +337,7 @@ export class Wattfare extends EventTarget {
         // moment so it wins over "closed".
         if (popup.closed) {
           setTimeout(() => finish(() => reject(new WattfareError(
-            "popup_closed", "The consent window was closed before the person answered",
+            "closed", "The consent window was closed before the person answered",
           ))), POLL_MS);
         }
       }, POLL_MS);

@@ -37,7 +37,7 @@ export interface WattfareState {
   spentUsd: number | null;
   remainingUsd: number | null;
   connection: Connection | null;
-  /** The last failure, with its code (popup_blocked, popup_closed, denied, expired,
+  /** The last failure, with its code (popup_blocked, closed, denied, expired,
    *  origin_not_allowed, network_error, …) and an explanation; null after a success. */
   error: WattfareError | null;
   /** The SDK itself (null until mounted in the browser). */
