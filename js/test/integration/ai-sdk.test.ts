@@ -105,6 +105,26 @@ describe("a user's AI SDK model", () => {
     assert.ok(isNotConnected(errors[0]), String(errors[0]));
   });
 
+  test("a revocation in the middle of a stream ends it with a typed error", async () => {
+    const user = wf.user(newUser(), { requestLimit: { monthlyUsd: 5 } });
+    const errors: unknown[] = [];
+    const result = streamText({
+      model: user.model(MODEL), prompt: "hi", maxRetries: 0,
+      // The simulated upstream's knobs: a slow, long reply (at most 4 s).
+      providerOptions: { wattfare: { fake: { chunks: 200, gap_ms: 20 } } },
+      onError: ({ error }) => { errors.push(error); },
+    });
+    let parts = 0;
+    for await (const _ of result.textStream) {
+      if (++parts === 3) await user.disconnect();
+    }
+    assert.ok(parts >= 3 && parts < 200, `${parts} parts`);
+    const error = findWattfareError(errors[0]);
+    assert.equal(error?.code, "connection_revoked");
+    assert.ok(isNotConnected(error));
+    assert.ok(Number((await result.providerMetadata)?.wattfare?.costUsd) > 0);
+  });
+
   test("a live-mode user who never connected: not_connected, and a status that says so", async () => {
     const user = live.user(newUser());
     assert.equal((await user.connection()).status, "not_connected");
