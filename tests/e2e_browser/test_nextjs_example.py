@@ -27,6 +27,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 
 from .harness import Stack, _create_app
 from .test_consent_flow import PASSWORD, new_email, wait_closed
+from .test_consent_flow import sign_in as sign_in_gateway
 
 pytestmark = pytest.mark.browser
 
@@ -98,9 +99,14 @@ def test_connect_stream_revoke(
     popup = opened.value
     expect(popup).to_have_url(re.compile(re.escape(stack.gateway) + r"/connect/[\w-]+$"))
     popup.get_by_role("link", name="Create account").click()
-    popup.fill("#email", new_email())
+    email = new_email()
+    popup.fill("#email", email)
     popup.fill("#password", PASSWORD)
     popup.get_by_role("button", name="Create account").click()
+    expect(popup.locator(".notice")).to_contain_text("Sign in with the email and password")
+    sign_in_gateway(popup, email)
+    # The SDK in the Next.js page answered the consent page's handshake: the form shows.
+    expect(popup.locator("#bound")).to_be_visible()
     expect(popup.locator("#cap")).to_have_value("5.00")
     popup.get_by_role("button", name="Approve").click()
     expect(page.locator("#status")).to_have_text("connected")
