@@ -27,7 +27,7 @@ import httpx
 from gateway.fake_upstream import price_of
 
 MODEL = "openai/gpt-4o-mini"
-START_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 SETTLE_TIMEOUT_S = 5.0
 

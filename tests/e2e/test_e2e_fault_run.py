@@ -71,7 +71,7 @@ def client_loop(gw: Gateway, app: AppKeys, user_id: str, seed: int,
             counts[kind] = counts.get(kind, 0) + 1
         except httpx.HTTPError:
             counts["lost"] = counts.get("lost", 0) + 1  # the gateway was killed under it
-            time.sleep(0.05)
+            time.sleep(0.25)  # it is being restarted: wait a moment
 
 
 @pytest.mark.e2e
