@@ -219,9 +219,12 @@ class ChatCompletions:
                 outcome = Outcome(model=admitted.model, status="failed",
                                   http_status=exc.status, error_code=exc.code)
         except BaseException:
-            outcome = Outcome(model=admitted.model, status="failed", http_status=500,
-                              error_code=InternalError.code)
-            await asyncio.shield(self._settle(admitted, outcome, record, started))
+            # Cancelled (the server shutting down) or a bug, with the upstream perhaps
+            # at work: what it billed is unknown here, so the hold is left to
+            # reconciliation, which charges the generation's record (its id is kept with
+            # the hold) or the last checkpoint once the request is no longer in flight.
+            log.warning("request %s ended abnormally; its hold is left to reconciliation",
+                        record.request_id)
             raise
         finally:
             watch.close()

@@ -147,6 +147,31 @@ def test_stream_is_cut_at_the_cap(
     assert round(conn["remaining_usd"] * NANO) == cap - row.cost_nano
 
 
+def test_a_stream_stopped_at_the_bound_lowered_to_fit_ends_as_a_cut(
+    gateway: Gateway, fake: FakeUpstream, app: AppKeys, user_id: str
+) -> None:
+    """The gateway lowers ``max_tokens`` to what the cap pays for; the upstream stops
+    there (one-byte tokens: the running estimate never cuts first), and the stream ends
+    with the cap tail, charged the upstream's own figure."""
+    cap = 20_000
+    covered = (cap - PROMPT_BOUND_NANO) * 1000 // 600_000  # 26 tokens at 600 pico each
+    headers = session(app, user_id, cap)
+    response = post(gateway, headers, chat_body("hi", chunks=40, chunk_text="a"))
+    assert response.status_code == 200
+    assert fake.last_request()["max_tokens"] == covered
+    payloads = data_events(response.content)
+    assert contents(payloads) == ["a"] * covered
+    assert is_cap_tail(payloads), payloads[-3:]
+    assert payloads[-3]["error"]["code"] == "spend_cap_reached"
+    assert_consistent(gateway.db)
+    [row] = ledger(gateway.db, user_id)
+    expected = fake_cost_nano(prompt_tokens=fake_prompt_tokens("hi"), completion_tokens=covered)
+    assert (row.status, row.error_code, row.cost_source) == (
+        "cut_cap", "spend_cap_reached", "upstream")
+    assert row.cost_nano == expected == round(payloads[-2]["usage"]["cost"] * NANO)
+    assert row.operator_nano == 0
+
+
 def test_sdk_raises_on_the_cap_event(gateway: Gateway, app: AppKeys, user_id: str) -> None:
     token = mint_session_token(app.secret_key, user_id, monthly_usd=20_000 / NANO).token
     seen: list[str] = []
