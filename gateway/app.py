@@ -28,6 +28,7 @@ from gateway.auth import Authenticator
 from gateway.config import Settings, load_settings
 from gateway.consent import BrowserGuard, consent_routes, open_consent
 from gateway.errors import GatewayError, InternalError, MethodNotAllowed, NotFound
+from gateway.funding.funder import Funder
 from gateway.live import LiveStreams
 from gateway.lookups import Lookups
 from gateway.observability import AccessLogMiddleware, Metrics, RouteLabels, configure_logging
@@ -127,7 +128,10 @@ class Gateway:
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         settings = self.settings
         for up in settings.upstreams:
-            if up.api_key_env and not up.api_key:
+            # Where people pay for OpenRouter themselves, its operator key may be unset.
+            if up.api_key_env and not up.api_key and (
+                settings.funding.operator or up.kind != "openrouter"
+            ):
                 log.warning(
                     "environment variable %s is not set: upstream %r will refuse requests",
                     up.api_key_env, up.name,
@@ -146,6 +150,7 @@ class Gateway:
             upstreams=upstreams,
             metrics=self.metrics,
             live=LiveStreams(),
+            funder=Funder(settings.funding, store),
         )
         self.router.state.consent = await open_consent(settings, store)
         self.state = state

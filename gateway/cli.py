@@ -94,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_arg(budget)
 
+    funding = commands.add_parser("funding", help="people's own funding sources")
+    funding_commands = funding.add_subparsers(
+        dest="funding_command", required=True, metavar="ACTION"
+    )
+    new_kek = funding_commands.add_parser(
+        "new-kek", help="print a fresh key-encryption key entry for funding.kek_env"
+    )
+    new_kek.add_argument("--id", default="k1", help="the new key's id (default: k1)")
+    _config_arg(new_kek)
+    rotate = funding_commands.add_parser(
+        "rotate-kek", help="re-wrap every stored data key with the active (first) KEK"
+    )
+    _config_arg(rotate)
+
     demo = commands.add_parser("demo", help="gateway + simulated upstream + a test app")
     demo.add_argument("--port", type=int, default=8787, help="gateway port")
     demo.add_argument("--upstream-port", type=int, default=8788, help="simulated upstream port")
@@ -174,6 +188,42 @@ async def _users(settings: Settings, ns: argparse.Namespace) -> int:
     return 0
 
 
+async def _rotate_kek(settings: Settings) -> int:
+    from gateway.funding.funder import record_of, sealed_of
+    from gateway.funding.vault import Vault, VaultError
+
+    if not settings.funding.keyring:
+        sys.stderr.write(f"wattfare: ${settings.funding.kek_env} holds no key-encryption key\n")
+        return 2
+    vault = Vault(settings.funding.keyring)
+    store = make_store(settings.store)
+    await store.open()
+    rewrapped = current = failed = 0
+    try:
+        for source in await store.funding_sources():
+            if source.kek_id == vault.active_id:
+                current += 1
+                continue
+            try:
+                sealed = vault.rewrap(sealed_of(source), record=record_of(source))
+            except VaultError as exc:
+                sys.stderr.write(f"wattfare: source {source.id}: {exc}\n")
+                failed += 1
+                continue
+            if await store.rewrap_funding_source(
+                source.id, old_kek_id=source.kek_id, kek_id=sealed.kek_id,
+                wrapped_key=sealed.wrapped_key,
+            ):
+                rewrapped += 1
+    finally:
+        await store.close()
+    _print_json({
+        "active_kek": vault.active_id, "rewrapped": rewrapped, "already_current": current,
+        "failed": failed,
+    })
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.command == "fake-upstream":
@@ -186,6 +236,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"wattfare: {exc}\n")
             return 2
         serve_fake(host=ns.host, port=ns.port, settings=fake_settings)
+        return 0
+    if ns.command == "funding" and ns.funding_command == "new-kek":
+        from gateway.funding.vault import new_kek
+
+        try:
+            sys.stdout.write(new_kek(ns.id) + "\n")
+        except ValueError as exc:
+            sys.stderr.write(f"wattfare: {exc}\n")
+            return 2
         return 0
     try:
         settings = load_settings(ns.config)
@@ -205,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_apps(settings, ns))
     if ns.command == "users":
         return asyncio.run(_users(settings, ns))
+    if ns.command == "funding":
+        return asyncio.run(_rotate_kek(settings))
     from gateway.demo import run_demo
 
     return run_demo(

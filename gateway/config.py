@@ -8,9 +8,12 @@ line naming the key, e.g. ``upstream.idle_timeout_s: must be a number > 0, got "
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -104,6 +107,28 @@ class ConsentSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FundingSettings:
+    """Who pays the upstream (``[funding]``): the operator's key, each person's own
+    connected OpenRouter account, or either (see :mod:`gateway.funding`)."""
+
+    modes: tuple[str, ...] = ("operator",)
+    # Test-mode apps are paid with the operator's key even where people fund live ones.
+    test_apps_operator_funded: bool = True
+    openrouter_auth_url: str = "https://openrouter.ai/auth"
+    kek_env: str = "WATTFARE_FUNDING_KEK"
+    # The key-encryption keys read from that variable, the active one first: (id, key).
+    keyring: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+
+    @property
+    def user(self) -> bool:
+        return "user" in self.modes
+
+    @property
+    def operator(self) -> bool:
+        return "operator" in self.modes
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings = ServerSettings()
     # The default upstream (``[upstream]``) and the named ones (``[upstreams.NAME]``).
@@ -112,6 +137,7 @@ class Settings:
     store: StoreSettings = StoreSettings()
     metering: MeteringSettings = MeteringSettings()
     consent: ConsentSettings = ConsentSettings()
+    funding: FundingSettings = FundingSettings()
     source: str = "<defaults>"
 
     @property
@@ -293,6 +319,7 @@ _KNOWN: dict[str, set[str]] = {
         "signin_attempts_per_email", "signin_attempts_per_ip", "signup_attempts_per_ip",
         "attempt_window_s",
     },
+    "funding": {"modes", "test_apps_operator_funded", "openrouter_auth_url", "kek_env"},
 }
 
 
@@ -412,7 +439,8 @@ def settings_from_mapping(
     )
     return Settings(
         server=server, upstream=upstream, named_upstreams=tuple(upstreams[1:]), store=store,
-        metering=metering, consent=_consent(raw, env), source=source,
+        metering=metering, consent=_consent(raw, env), funding=_funding(raw, env, upstreams),
+        source=source,
     )
 
 
@@ -460,6 +488,72 @@ def _consent(raw: Mapping[str, Any], env: Mapping[str, str]) -> ConsentSettings:
             "consent", "attempt_window_s", c.get("attempt_window_s", d.attempt_window_s),
             minimum=0, strict=True,
         ),
+    )
+
+
+def parse_keyring(text: str) -> tuple[tuple[str, bytes], ...]:
+    """``"id:base64url-key[,id:key…]"`` (the active key first; each key 32 bytes) →
+    ``((id, key), …)``; raises ValueError saying what is wrong (never the key)."""
+    ring: list[tuple[str, bytes]] = []
+    for entry in (part.strip() for part in text.split(",")):
+        kid, sep, encoded = entry.partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", kid):
+            raise ValueError("each entry must be <id>:<base64url key>, id of [A-Za-z0-9_-]")
+        try:
+            key = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        except (ValueError, binascii.Error):
+            key = b""
+        if len(key) != 32:
+            raise ValueError(f"key {kid!r} must be 32 bytes, base64url-encoded")
+        if any(kid == other for other, _ in ring):
+            raise ValueError(f"key id {kid!r} appears twice")
+        ring.append((kid, key))
+    return tuple(ring)
+
+
+def _funding(
+    raw: Mapping[str, Any], env: Mapping[str, str], upstreams: list[UpstreamSettings]
+) -> FundingSettings:
+    f = _section(raw, "funding")
+    d = FundingSettings()
+    modes = f.get("modes", list(d.modes))
+    if (
+        not isinstance(modes, list) or not modes
+        or any(m not in ("operator", "user") for m in modes) or len(set(modes)) != len(modes)
+    ):
+        raise ConfigError(
+            f'funding.modes: must be ["operator"], ["user"] or ["operator", "user"], '
+            f"got {modes!r}"
+        )
+    if "user" in modes and not any(u.kind == "openrouter" for u in upstreams):
+        raise ConfigError(
+            'funding.modes: "user" needs an upstream of kind "openrouter" (people connect '
+            "their OpenRouter accounts)"
+        )
+    kek_env = _string("funding", "kek_env", f.get("kek_env", d.kek_env))
+    keyring: tuple[tuple[str, bytes], ...] = ()
+    if env.get(kek_env):
+        try:
+            keyring = parse_keyring(env[kek_env])
+        except ValueError as exc:
+            raise ConfigError(f"funding.kek_env: ${kek_env}: {exc}") from None
+    elif "user" in modes:
+        raise ConfigError(
+            f"funding.kek_env: ${kek_env} must hold a key-encryption key when funding.modes "
+            "includes \"user\" (make one with 'wattfare funding new-kek')"
+        )
+    return FundingSettings(
+        modes=tuple(sorted(modes)),
+        test_apps_operator_funded=_boolean(
+            "funding", "test_apps_operator_funded",
+            f.get("test_apps_operator_funded", d.test_apps_operator_funded),
+        ),
+        openrouter_auth_url=_http_url(
+            "funding", "openrouter_auth_url",
+            f.get("openrouter_auth_url", d.openrouter_auth_url),
+        ),
+        kek_env=kek_env,
+        keyring=keyring,
     )
 
 

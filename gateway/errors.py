@@ -15,6 +15,7 @@ The tree (each class fixes the HTTP status, the OpenAI ``type`` and the stable `
     ├── NotConnected            403 not_connected
     ├── ConnectionRevoked       403 connection_revoked
     ├── OriginNotAllowed        403 origin_not_allowed
+    ├── FundingUnavailable      403 funding_unavailable
     ├── NotFound                404 not_found
     ├── ModelNotFound           404 model_not_found
     ├── MethodNotAllowed        405 method_not_allowed
@@ -35,6 +36,9 @@ consent link is only ever posted back to a registered origin. ``request_timeout`
 ``headers_too_large`` and ``server_busy`` are answered by the HTTP server itself
 (``gateway/server.py``) to a client that is too slow, sends too large a request head, or
 arrives when the connection limit is reached.
+``funding_unavailable``: the person pays with their own connected upstream account, and it
+cannot pay (none connected, disconnected, out of credit, at its key's limit, or the key
+revoked upstream); the message says which, and the person's dashboard says so too.
 """
 
 from __future__ import annotations
@@ -110,6 +114,15 @@ class ConnectionRevoked(GatewayError):
 
 class OriginNotAllowed(GatewayError):
     status, type, code = 403, "permission_error", "origin_not_allowed"
+
+
+class FundingUnavailable(GatewayError):
+    status, type, code = 403, "permission_error", "funding_unavailable"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        # "none", "out_of_credit", "key_limit" or "key_revoked": what the dashboard shows.
+        self.reason = reason
 
 
 class NotFound(GatewayError):

@@ -31,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.auth import ONE_USER_HEADER, CredentialKind, Principal
 from gateway.errors import (
     ConnectionRevoked,
+    FundingUnavailable,
     GatewayError,
     InternalError,
     InvalidApiKey,
@@ -40,6 +41,7 @@ from gateway.errors import (
     NotConnected,
     SpendCapReached,
 )
+from gateway.funding.funder import OPERATOR, Funding
 from gateway.http import ClientGone, DisconnectWatch, json_object, read_body, send_bytes, send_error
 from gateway.metering import Price, prompt_token_bound
 from gateway.observability import RequestRecord, record_of
@@ -198,8 +200,10 @@ class ChatCompletions:
         watch = DisconnectWatch(receive)
         tail: Tail | None = None
         refusal: GatewayError | None = None
+        funding = OPERATOR
         try:
             try:
+                funding = await self._fund(admitted)
                 self._fit(admitted)
                 if admitted.stream:
                     outcome, tail = await self.relay.stream(send, self._job(admitted),
@@ -231,6 +235,10 @@ class ChatCompletions:
         settled = await asyncio.shield(self._settle(admitted, outcome, record, started))
         record.cost_nano = settled
         record.code = outcome.error_code
+        if isinstance(refusal, FundingUnavailable) and refusal.reason != "none":
+            await self.state.funder.refused(funding, refusal.reason)
+        elif refusal is None and funding.problem is not None:
+            await self.state.funder.worked(funding)
         if refusal is not None:
             raise refusal
         if outcome.error is not None:
@@ -251,6 +259,17 @@ class ChatCompletions:
             upstream=admitted.upstream, funded_by=admitted.funded_by,
         )
         return settled.charged_nano
+
+    async def _fund(self, admitted: Admitted) -> Funding:
+        """Whose key pays (:mod:`gateway.funding`): the operator's, or the person's own."""
+        principal = admitted.principal
+        assert principal.user_id is not None
+        funding = await self.state.funder.resolve(
+            app_id=principal.app.id, user_id=principal.user_id, mode=principal.app.mode,
+            upstream_kind=admitted.upstream.kind,
+        )
+        admitted.api_key, admitted.funded_by = funding.key, funding.funded_by
+        return funding
 
     @staticmethod
     def _job(admitted: Admitted) -> StreamJob:

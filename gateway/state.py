@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from gateway.auth import Authenticator
 from gateway.config import Settings
+from gateway.funding.funder import Funder
 from gateway.live import LiveStreams
 from gateway.observability import Metrics
 from gateway.store.base import Store
@@ -21,6 +22,7 @@ class GatewayState:
     upstreams: Upstreams
     metrics: Metrics
     live: LiveStreams
+    funder: Funder
 
     async def revoke(self, app_id: str, user_id: str) -> bool:
         """Revoke a connection and cut its open streams in this process at once (other

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from gateway.consent import accounts, assets, connect, dashboard, export, profile
+from gateway.consent import (
+    accounts,
+    assets,
+    connect,
+    dashboard,
+    export,
+    funding,
+    profile,
+)
 from gateway.consent.cors import BrowserGuard
 from gateway.consent.web import ConsentState, open_consent
 
@@ -33,6 +41,11 @@ def consent_routes() -> list[Route]:
         Route("/account/password", profile.change_password, methods=["POST"]),
         Route("/account/signout-everywhere", profile.signout_everywhere, methods=["POST"]),
         Route("/account/delete", profile.delete_account, methods=["POST"]),
+        Route("/funding/openrouter", funding.connect, methods=["POST"]),
+        Route(
+            "/funding/openrouter/callback/{state}", funding.callback, methods=["GET"]
+        ),
+        Route("/funding/disconnect", funding.disconnect, methods=["POST"]),
         Route("/sdk/wattfare.js", assets.sdk, methods=["GET"]),
         Route("/sdk/origin", assets.origin_check, methods=["GET"]),
         Route("/static/wattfare.css", assets.stylesheet, methods=["GET"]),

@@ -195,6 +195,12 @@ async def page(request: Request) -> Response:
     spend = await store.account_spend(account.id, period_of(time.time()))
     ceiling, bound_by = cap_ceiling(consent.cap_nano, spend.budget_nano)
     common.update(spend=spend, ceiling=ceiling, bound_by=bound_by)
+    funding = gateway_of(request).settings.funding
+    # Where people must pay with their own source, one is connected before approving.
+    common["needs_funding"] = (
+        funding.user and not funding.operator
+        and await store.funding_source(account.id) is None
+    )
     if request.method == "GET":
         return await render(
             request, "connect.html", keep_opener=True, state="ask", error=None,
@@ -213,6 +219,12 @@ async def page(request: Request) -> Response:
             request, "connect.html", status=403, keep_opener=True, state="unbound", **common,
         )
     approve = form.get("decision") == "approve"
+    if approve and common["needs_funding"]:
+        return await render(
+            request, "connect.html", status=409, keep_opener=True, state="ask",
+            error="Connect your OpenRouter account first: it pays for what the app spends.",
+            cap_value=f"{nano_to_usd(ceiling):.2f}", **common,
+        )
     entered = _parse_cap(form.get("cap", "")) if approve else consent.cap_nano
     if entered is None:
         return await render(

@@ -27,6 +27,20 @@ NOTICES = {
     "budget": "Budget updated.",
     "budget_below": "Budget updated. It is below what your apps spent this month, so they "
                     "cannot spend more until next month (or until you raise it).",
+    "funding_connected": "OpenRouter connected: your apps now spend your own OpenRouter "
+                         "credits, within the caps you set.",
+    "funding_disconnected": "OpenRouter disconnected: the gateway no longer holds your key.",
+}
+# What the upstream said of the person's key, for the dashboard's notice.
+FUNDING_PROBLEMS = {
+    "out_of_credit": "OpenRouter refused a request because your account is out of credit. "
+                     "Add credit on OpenRouter; your apps resume on their next request.",
+    "key_limit": "OpenRouter refused a request because the key reached its spending "
+                 "limit. Raise the limit on OpenRouter, or reconnect to get a new key.",
+    "key_revoked": "OpenRouter no longer accepts the key (it was revoked or expired). "
+                   "Reconnect OpenRouter to keep your apps working.",
+    "unreadable": "This gateway can no longer read the key it holds for you (its "
+                  "encryption key changed). Reconnect OpenRouter to keep your apps working.",
 }
 MAX_CAP_USD = 1_000_000.0
 CHART_DAYS = 30
@@ -61,9 +75,11 @@ async def _view(
         for conn in connections
     ]
     notice = NOTICES.get(request.query_params.get("notice", ""))
+    source = await store.funding_source(account.id)
     return await render(
         request, "dashboard.html", status=status, spend=spend, cards=cards, notice=notice,
-        error=error, period=period, max_usd=MAX_CAP_USD,
+        error=error, period=period, max_usd=MAX_CAP_USD, source=source,
+        source_problem=FUNDING_PROBLEMS.get(source.problem or "") if source else None,
         connected=sum(1 for c in connections if c.status == "connected"),
     )
 

@@ -49,6 +49,8 @@ class ConsentState:
     secure: bool
     public_origin: str
     assets: dict[str, bytes]
+    # Beyond 'self', where a form's redirect may lead (the funding provider's sign-in).
+    form_targets: str = ""
 
     @property
     def session_cookie(self) -> str:
@@ -118,6 +120,9 @@ async def open_consent(settings: Settings, store: Store) -> ConsentState:
         secure=public_url.startswith("https://"),
         public_origin=origin_of(public_url),
         assets={p.name: p.read_bytes() for p in STATIC.iterdir() if p.is_file()},
+        form_targets=(
+            " " + origin_of(settings.funding.openrouter_auth_url) if settings.funding.user else ""
+        ),
     )
 
 
@@ -150,11 +155,15 @@ async def session_of(request: Request) -> tuple[Account | None, str | None]:
     return found
 
 
-def security_headers(nonce: str, *, keep_opener: bool) -> dict[str, str]:
+def security_headers(
+    nonce: str, *, keep_opener: bool, form_targets: str = ""
+) -> dict[str, str]:
+    # form-action also governs where a form's redirect may go: "Connect OpenRouter"
+    # posts to the gateway, which redirects to the provider (``form_targets``).
     headers = {
         "Content-Security-Policy": (
             f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'self'; "
-            "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
+            f"img-src 'self' data:; connect-src 'self'; form-action 'self'{form_targets}; "
             "base-uri 'none'; frame-ancestors 'none'"
         ),
         "X-Frame-Options": "DENY",
@@ -194,10 +203,14 @@ async def render(
         csrf=consent.signer.csrf_token(binding),
         account=account,
         signup_open=consent.settings.consent.signup_open,
+        funding=consent.settings.funding,
         **context,
     )
     response = HTMLResponse(
-        html, status_code=status, headers=security_headers(nonce, keep_opener=keep_opener)
+        html, status_code=status,
+        headers=security_headers(
+            nonce, keep_opener=keep_opener, form_targets=consent.form_targets
+        ),
     )
     if new_pre is not None:
         response.set_cookie(

@@ -334,6 +334,39 @@ def deleted_email(account_id: str) -> str:
     return "deleted:" + account_id
 
 
+@dataclass(frozen=True, slots=True)
+class FundingSource:
+    """A person's own upstream account that pays for their requests: the key it issued
+    is kept only sealed (:mod:`gateway.funding.vault`); ``problem`` is the last refusal
+    the upstream gave it (``out_of_credit``, ``key_limit``, ``key_revoked``), if any."""
+
+    id: str
+    account_id: str
+    provider: str  # "openrouter"
+    label: str
+    kek_id: str
+    wrapped_key: bytes
+    ciphertext: bytes
+    created_at: int
+    problem: str | None = None
+    problem_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FundingAttempt:
+    """One "connect a funding source" attempt under way: bound to the browser session
+    that started it (a hash of its id) and usable once, until ``expires_at``."""
+
+    state_hash: bytes
+    session_hash: bytes
+    account_id: str
+    provider: str
+    verifier_hash: bytes
+    return_to: str
+    created_at: int
+    expires_at: int
+
+
 def period_of(epoch_s: float) -> str:
     """The calendar month (UTC) a moment falls in, as ``YYYY-MM``."""
     t = time.gmtime(epoch_s)
@@ -478,6 +511,32 @@ class AccountStore(Protocol):
     ) -> list[UsageRow]:
         """The account's ledger rows with ``seq`` above ``after``, oldest first, at most
         ``limit``; only the month ``period`` (``YYYY-MM``) when given."""
+        ...
+
+    # an account's funding source (its own upstream key, sealed) and connect attempts
+    async def save_funding_source(self, source: FundingSource) -> None:
+        """Store the account's source, replacing the one it had (one per account)."""
+        ...
+    async def funding_source(self, account_id: str) -> FundingSource | None: ...
+    async def connection_funding(self, app_id: str, user_id: str) -> FundingSource | None:
+        """The source of the account the connection belongs to, if it has one."""
+        ...
+    async def delete_funding_source(self, account_id: str) -> bool: ...
+    async def set_funding_problem(
+        self, source_id: str, *, problem: str | None, at: int
+    ) -> None: ...
+    async def funding_sources(self) -> list[FundingSource]: ...
+    async def rewrap_funding_source(
+        self, source_id: str, *, old_kek_id: str, kek_id: str, wrapped_key: bytes
+    ) -> bool:
+        """Replace a source's wrapped data key if it is still wrapped by ``old_kek_id``."""
+        ...
+    async def create_funding_attempt(self, attempt: FundingAttempt) -> None: ...
+    async def take_funding_attempt(
+        self, state_hash: bytes, *, session_hash: bytes
+    ) -> FundingAttempt | None:
+        """The attempt if it was started by that browser session, deleted in the same
+        step (an attempt is used once); None, and nothing deleted, otherwise."""
         ...
 
 

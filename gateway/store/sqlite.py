@@ -39,6 +39,7 @@ import orjson
 from gateway.keys import Mode, generate_key_pair, secret_key_hash
 from gateway.store.base import App, NewApp, StoreError, UnknownApp
 from gateway.store.sqlite_accounts import AccountsMixin, transaction
+from gateway.store.sqlite_funding import FundingMixin
 from gateway.store.sqlite_money import MeteringMixin
 from gateway.store.sqlite_schema import MIGRATIONS
 
@@ -111,10 +112,10 @@ def _deliver(futures: list[asyncio.Future[Any]], outcomes: list[tuple[bool, Any]
             future.set_exception(value)
 
 
-class SQLiteStore(MeteringMixin, AccountsMixin):
+class SQLiteStore(MeteringMixin, AccountsMixin, FundingMixin):
     """:class:`gateway.store.base.Store` on one SQLite file (its money half:
     :mod:`gateway.store.sqlite_money`; its end-user half:
-    :mod:`gateway.store.sqlite_accounts`)."""
+    :mod:`gateway.store.sqlite_accounts` and :mod:`gateway.store.sqlite_funding`)."""
 
     def __init__(
         self,

@@ -150,4 +150,30 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX holds_due ON holds (due_at) WHERE settlement IS NOT NULL;
     ALTER TABLE ledger ADD COLUMN funded_by TEXT NOT NULL DEFAULT 'operator';
     """,
+    # 4: people's own funding sources (the upstream key sealed: see gateway.funding.vault)
+    # and the connect attempts under way.
+    """
+    CREATE TABLE funding_sources (
+        id          TEXT PRIMARY KEY,
+        account_id  TEXT NOT NULL UNIQUE REFERENCES accounts(id),
+        provider    TEXT NOT NULL,
+        label       TEXT NOT NULL,
+        kek_id      TEXT NOT NULL,
+        wrapped_key BLOB NOT NULL,
+        ciphertext  BLOB NOT NULL,
+        created_at  INTEGER NOT NULL,
+        problem     TEXT,
+        problem_at  INTEGER
+    );
+    CREATE TABLE funding_attempts (
+        state_hash    BLOB PRIMARY KEY,
+        session_hash  BLOB NOT NULL,
+        account_id    TEXT NOT NULL REFERENCES accounts(id),
+        provider      TEXT NOT NULL,
+        verifier_hash BLOB NOT NULL,
+        return_to     TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL
+    );
+    """,
 )

@@ -184,7 +184,9 @@ class Upstream:
               funded_by_user: bool = False) -> GatewayError:
         """An error answer (before the head, or a 200 whose body is an error) → the
         caller's error."""
-        return error_from_status(status, body[:ERROR_BODY_LIMIT], headers)
+        return error_from_status(
+            status, body[:ERROR_BODY_LIMIT], headers, funded_by_user=funded_by_user
+        )
 
     # -- the model list -----------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.funding.funder import unavailable
 
 log = logging.getLogger("wattfare.upstream")
 
@@ -84,13 +85,22 @@ def error_message(body: bytes) -> str:
     return ""
 
 
-def error_from_status(status: int, body: bytes, headers: httpx.Headers) -> GatewayError:
+def error_from_status(
+    status: int, body: bytes, headers: httpx.Headers, *, funded_by_user: bool = False
+) -> GatewayError:
     """An upstream error answer → the gateway's error for the caller.
 
-    401/402/403 are the operator's problem (key, credit): the caller sees 502 and the
-    details stay in the log.
+    401/402/403 on the operator's key are the operator's problem (key, credit): the
+    caller sees 502 and the details stay in the log. On a person's own key
+    (``funded_by_user``) they are that person's: ``funding_unavailable``, saying which
+    (a 403 that is not about the key's limit, such as moderation, stays the upstream's).
     """
     message = error_message(body)
+    if funded_by_user and status in (401, 402, 403) and (
+        status != 403 or "limit" in message.lower()
+    ):
+        log.info("upstream refused a person's key: %s %s", status, message)
+        return unavailable({401: "key_revoked", 402: "out_of_credit", 403: "key_limit"}[status])
     if status in (401, 402, 403):
         log.error("upstream refused the operator's request: %s %s", status, message)
         return UpstreamError("The upstream refused the gateway's request (operator account).")

@@ -43,14 +43,18 @@ class Env:
             return db.execute(query, args).fetchall()
 
 
-def make_settings(db: str, **consent: object) -> Settings:
+def make_settings(
+    db: str, *, funding: dict[str, object] | None = None,
+    environ: dict[str, str] | None = None, **consent: object,
+) -> Settings:
     return settings_from_mapping(
         {
             "server": {"public_url": PUBLIC, "access_log": False},
             "store": {"path": db},
             "consent": consent,
+            "funding": funding or {},
         },
-        environ={},
+        environ=environ or {},
     )
 
 
@@ -66,10 +70,13 @@ async def _apps(db: str) -> tuple[NewApp, NewApp, NewApp]:
     return live, test, other
 
 
-def start(tmp_path: Path, **consent: object) -> Iterator[Env]:
+def start(
+    tmp_path: Path, *, funding: dict[str, object] | None = None,
+    environ: dict[str, str] | None = None, **consent: object,
+) -> Iterator[Env]:
     db = str(tmp_path / "wattfare.db")
     live, test, other = asyncio.run(_apps(db))
-    gateway = create_app(make_settings(db, **consent))
+    gateway = create_app(make_settings(db, funding=funding, environ=environ, **consent))
     with TestClient(gateway, base_url=PUBLIC) as client:
         state = gateway.router.state.consent
         assert isinstance(state, ConsentState)
