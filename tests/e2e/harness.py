@@ -25,8 +25,12 @@ from typing import Any
 import httpx
 
 from gateway.fake_upstream import price_of
+from gateway.funding.vault import new_kek
 
 MODEL = "openai/gpt-4o-mini"
+OPERATOR_KEY = "sk-or-v1-e2e"
+# The key-encryption key of every e2e gateway's funding vault (fresh per run).
+KEK = new_kek("e2e")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 SETTLE_TIMEOUT_S = 5.0
@@ -144,6 +148,7 @@ class GatewayConfig:
     # "openai": the fake's OpenAI-compatible dialect (its base URL ends in /v1), priced
     # by [upstream.prices] at the fake's own list prices.
     upstream_kind: str = "openrouter"
+    extra: str = ""  # more TOML tables, appended as they are
 
     def toml(self, *, port: int, upstream_api: str, db: Path) -> str:
         return (
@@ -165,6 +170,7 @@ class GatewayConfig:
             "[metering]\n"
             f"default_monthly_usd = {self.default_monthly_usd}\n"
             f"checkpoint_interval_s = {self.checkpoint_interval_s}\n"
+            + self.extra
         )
 
 
@@ -250,7 +256,7 @@ class Gateway:
         self.config_path.write_text(
             self.config.toml(port=self.port, upstream_api=self.upstream_api, db=self.db)
         )
-        env = {**os.environ, "OPENROUTER_API_KEY": "sk-or-v1-e2e"}
+        env = {**os.environ, "OPENROUTER_API_KEY": OPERATOR_KEY, "WATTFARE_FUNDING_KEK": KEK}
         env.pop("WATTFARE_CONFIG", None)
         with self.log.open("ab") as stderr:
             self.process = subprocess.Popen(
@@ -268,8 +274,12 @@ class Gateway:
     def stderr(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def create_app(self, name: str, *, live: bool = False) -> AppKeys:
+    def create_app(
+        self, name: str, *, live: bool = False, origins: tuple[str, ...] = ()
+    ) -> AppKeys:
         args = ["apps", "create", name, *(["--live"] if live else [])]
+        for origin in origins:
+            args += ["--origin", origin]
         return _keys(cli(*args, config=self.config_path))
 
     def roll_key(self, app: str) -> AppKeys:

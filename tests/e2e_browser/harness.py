@@ -73,11 +73,14 @@ class Stack:
         return rows
 
 
-def _create_app(config: Path, name: str, origin: str, *, log: Path) -> AppKeys:
+def _create_app(
+    config: Path, name: str, origin: str, *, log: Path, kek: str | None = None
+) -> AppKeys:
     done = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "apps", "create", name, "--live",
          "--origin", origin, "--config", str(config)],
         capture_output=True, text=True, timeout=30, check=False,
+        env={**os.environ, "WATTFARE_FUNDING_KEK": kek or ""},
     )
     if done.returncode != 0:
         raise RuntimeError(f"apps create failed: {done.stderr}")
@@ -85,7 +88,9 @@ def _create_app(config: Path, name: str, origin: str, *, log: Path) -> AppKeys:
     return AppKeys(doc["app_id"], doc["publishable_key"], doc["secret_key"])
 
 
-def start_stack(workdir: Path) -> Stack:
+def start_stack(workdir: Path, *, funding_kek: str | None = None) -> Stack:
+    """With ``funding_kek``, people fund their own requests (``[funding] modes =
+    ["user"]``), connecting OpenRouter through the simulated upstream's ``/auth``."""
     ports = {name: free_port() for name in ("upstream", "gateway", "app", "evil")}
     gateway = f"http://127.0.0.1:{ports['gateway']}"
     app = f"http://127.0.0.1:{ports['app']}"
@@ -106,8 +111,14 @@ def start_stack(workdir: Path) -> Stack:
         f"signin_attempts_per_email = {SIGNIN_LIMIT}\n"
         "attempt_window_s = 600\n"
     )
-    acme = _create_app(config, "Acme Writer", app, log=workdir / "cli.log")
-    _create_app(config, "Other App", evil, log=workdir / "cli.log")
+    if funding_kek is not None:
+        with config.open("a") as file:
+            file.write(
+                '[funding]\nmodes = ["user"]\n'
+                f'openrouter_auth_url = "http://127.0.0.1:{ports["upstream"]}/auth"\n'
+            )
+    acme = _create_app(config, "Acme Writer", app, log=workdir / "cli.log", kek=funding_kek)
+    _create_app(config, "Other App", evil, log=workdir / "cli.log", kek=funding_kek)
     stack = Stack(workdir=workdir, gateway=gateway, app=app, evil=evil, acme=acme, db=db,
                   config=config)
     try:
@@ -121,7 +132,8 @@ def start_stack(workdir: Path) -> Stack:
         server = spawn(
             ["-m", "gateway.cli", "serve", "--config", str(config)],
             log=workdir / "gateway.log", health=f"{gateway}/healthz",
-            env={"WATTFARE_BROWSER_TEST_UPSTREAM_KEY": "sk-or-test"},
+            env={"WATTFARE_BROWSER_TEST_UPSTREAM_KEY": "sk-or-test",
+                 "WATTFARE_FUNDING_KEK": funding_kek or ""},
         )
         stack.processes.callback(stop_process, server)
         for name, url in (("app", app), ("evil", evil)):
