@@ -464,7 +464,8 @@ class AccountStore(Protocol):
     async def delete_account(self, account_id: str) -> list[tuple[str, str]]:
         """Delete an account, in one transaction: every connection of it is revoked
         (recorded as revocation events, as :meth:`revoke` does), its browser sessions
-        end, and its email and password hash are erased (:func:`deleted_email`,
+        end, its funding source and connect attempts are deleted, and its email and
+        password hash are erased (:func:`deleted_email`,
         :data:`DELETED_PASSWORD_HASH`). The money record stays: its ledger rows, budget
         and monthly totals are the operator's and the apps' accounting, and a request
         still running settles against the budget it was admitted under. Returns the

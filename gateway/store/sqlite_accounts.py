@@ -192,6 +192,9 @@ class AccountsMixin:
                 [(app_id, user_id, now) for app_id, user_id in revoked],
             )
             conn.execute("DELETE FROM web_sessions WHERE account_id = ?", (account_id,))
+            # The person's own upstream key goes with the account (sealed or not).
+            conn.execute("DELETE FROM funding_sources WHERE account_id = ?", (account_id,))
+            conn.execute("DELETE FROM funding_attempts WHERE account_id = ?", (account_id,))
             conn.execute(
                 "UPDATE accounts SET email = ?, password_hash = ?, updated_at = ? WHERE id = ?",
                 (deleted_email(account_id), DELETED_PASSWORD_HASH, now, account_id),

@@ -94,3 +94,13 @@ async def test_expired_attempts_are_swept(store: Store) -> None:
     await store.create_funding_attempt(attempt(ada.id, b"old", expires_at=now - 1))
     await store.create_funding_attempt(attempt(ada.id, b"new", expires_at=now + 600))
     assert await store.take_funding_attempt(b"old", session_hash=b"a" * 32) is None
+
+
+async def test_deleting_the_account_deletes_its_source_and_attempts(store: Store) -> None:
+    ada = await account(store)
+    await store.save_funding_source(source(ada))
+    await store.create_funding_attempt(attempt(ada.id, b"s", expires_at=int(time.time()) + 60))
+    await store.delete_account(ada.id)
+    assert await store.funding_source(ada.id) is None
+    assert await store.funding_sources() == []
+    assert await store.take_funding_attempt(b"s", session_hash=b"a" * 32) is None
