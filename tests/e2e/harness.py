@@ -203,6 +203,7 @@ def cli(*args: str, config: Path, timeout: float = 30) -> subprocess.CompletedPr
         text=True,
         timeout=timeout,
         check=False,
+        env={**os.environ, "WATTFARE_FUNDING_KEK": KEK},
     )
 
 

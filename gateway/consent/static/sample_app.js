@@ -27,6 +27,7 @@ const MESSAGES = {
   spend_cap_reached: `This month's AI budget for ${page.appName} is used up. Raise its cap on your Wattfare dashboard, or wait for next month.`,
   connection_revoked: `${page.appName} no longer has access to your AI budget (it was revoked). Connect again to keep using AI here.`,
   not_connected: "Connect your AI budget to use AI here.",
+  funding_unavailable: "Your OpenRouter account cannot pay for this right now (not connected, out of credit, or its key was revoked). Check it on your Wattfare dashboard.",
   denied: "You did not approve a budget, so nothing was connected.",
   closed: "The Wattfare window was closed before you decided.",
   expired: "The Wattfare window waited too long. Click Connect AI budget to try again.",
