@@ -171,7 +171,7 @@ class Gateway:
                 self.metrics.reconciled.inc(count)
 
         chat = self._chat
-        lookups = Lookups(store, upstreams, chat.settler, self.metrics)
+        lookups = Lookups(store, upstreams, chat.settler, self.metrics, funder=state.funder)
         tasks = [
             asyncio.create_task(lookups.run()),
             asyncio.create_task(_every(HEARTBEAT_S, store.heartbeat, "heartbeat")),

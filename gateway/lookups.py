@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import logging
 
+from gateway.funding.funder import Funder
 from gateway.observability import Metrics
 from gateway.settlement import Settler
 from gateway.store.base import MeteringStore, PendingLookup
@@ -36,11 +37,13 @@ LEASE_S = 30.0
 
 class Lookups:
     def __init__(self, store: MeteringStore, upstreams: Upstreams, settler: Settler,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, *, funder: Funder | None = None) -> None:
         self.store = store
         self.upstreams = upstreams
         self.settler = settler
         self.metrics = metrics
+        # A user-funded generation is looked up with the key that paid for it.
+        self.funder = funder
 
     async def run(self) -> None:
         """Forever: claim what is due and work it (one batch at a time, concurrently)."""
@@ -59,8 +62,12 @@ class Lookups:
         fallback = pending.fallback
         upstream = self.upstreams.upstream_for(fallback.model)
         try:
+            api_key = (
+                await self.funder.key_for(fallback.funded_by) if self.funder is not None
+                else None
+            )
             record = (
-                await upstream.generation(pending.generation_id)
+                await upstream.generation(pending.generation_id, api_key=api_key)
                 if upstream.keeps_records else None
             )
         except Exception as exc:

@@ -11,11 +11,11 @@ import orjson
 import pytest
 
 from gateway.config import ConfiguredPrice, UpstreamSettings, settings_from_mapping
-from gateway.errors import ModelNotFound, UpstreamError, UpstreamTimeout
+from gateway.errors import FundingUnavailable, ModelNotFound, UpstreamError, UpstreamTimeout
 from gateway.metering import Price
 from gateway.relay import generation_id_of
 from gateway.upstreams import Upstreams
-from gateway.upstreams.errors import mapped_transport_errors, stream_failure
+from gateway.upstreams.errors import error_from_status, mapped_transport_errors, stream_failure
 
 OPENROUTER_MODELS = {"data": [
     {"id": "a/cheap", "pricing": {"prompt": "0.00000015", "completion": "0.0000006"},
@@ -255,3 +255,29 @@ def test_configured_price_units() -> None:
     assert settings.upstream.prices["m"] == ConfiguredPrice(Price(150_000, 600_000,
                                                                   1_000_000_000))
     assert UpstreamSettings().kind == "openrouter"
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "reason"),
+    [
+        pytest.param(402, "Insufficient credits", "out_of_credit", id="402"),
+        pytest.param(403, "Key limit exceeded (total limit)", "key_limit", id="403-limit"),
+        pytest.param(401, "User not found.", "key_revoked", id="401"),
+    ],
+)
+def test_a_persons_key_refused_is_funding_unavailable(
+    status: int, message: str, reason: str
+) -> None:
+    body = orjson.dumps({"error": {"code": status, "message": message}})
+    error = error_from_status(status, body, httpx.Headers(), funded_by_user=True)
+    assert isinstance(error, FundingUnavailable) and error.reason == reason
+    assert error.code == "funding_unavailable" and error.status == 403
+    # The operator's own key refused is the operator's problem: 502, no details.
+    operator = error_from_status(status, body, httpx.Headers())
+    assert isinstance(operator, UpstreamError) and message not in operator.message
+
+
+def test_a_403_that_is_not_a_key_limit_stays_the_upstreams() -> None:
+    body = orjson.dumps({"error": {"code": 403, "message": "Input flagged by moderation"}})
+    error = error_from_status(403, body, httpx.Headers(), funded_by_user=True)
+    assert isinstance(error, UpstreamError)

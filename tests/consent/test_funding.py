@@ -70,8 +70,7 @@ def _funded_env(tmp_path: Path, orauth: OpenRouterAuth, modes: list[str]) -> Ite
     for env in start(tmp_path, funding=funding, environ={"WATTFARE_FUNDING_KEK": KEK}):
         state = env.gateway.state
         assert state is not None
-        state.upstream.client = httpx.AsyncClient(
-            base_url=state.upstream.settings.base_url + "/",
+        state.upstreams.client = httpx.AsyncClient(
             transport=httpx.MockTransport(orauth.handler),
             headers={"Authorization": "Bearer sk-operator"},
         )
