@@ -18,7 +18,7 @@ import pytest
 
 from gateway.funding.vault import new_kek
 
-from .helpers import PUBLIC, Env, csrf_of, sign_up, start, start_consent
+from .helpers import PUBLIC, Env, csrf_of, sign_up, start, start_consent_with_proof
 
 AUTH_URL = "https://openrouter.example/auth"
 KEK = new_kek("k1")
@@ -247,12 +247,13 @@ def test_consent_popup_asks_to_connect_first_in_user_mode(
     user_env: Env, orauth: OpenRouterAuth
 ) -> None:
     sign_up(user_env.client)
-    path = start_consent(user_env)
+    path, proof = start_consent_with_proof(user_env)
     page = user_env.client.get(path)
     assert "paid from <strong>your own OpenRouter account</strong>" in page.text
     assert 'value="approve" class="primary" disabled' in page.text
     refused = user_env.client.post(
-        path, data={"csrf": csrf_of(page.text), "decision": "approve", "cap": "3"}
+        path, data={"csrf": csrf_of(page.text), "decision": "approve", "cap": "3",
+                    "proof": proof},
     )
     assert refused.status_code == 409
     response = user_env.client.post(
@@ -264,6 +265,7 @@ def test_consent_popup_asks_to_connect_first_in_user_mode(
     page = user_env.client.get(path)
     assert "disabled" not in page.text and "your own OpenRouter account" not in page.text
     approved = user_env.client.post(
-        path, data={"csrf": csrf_of(page.text), "decision": "approve", "cap": "3"}
+        path, data={"csrf": csrf_of(page.text), "decision": "approve", "cap": "3",
+                    "proof": proof},
     )
     assert 'data-state="approved"' in approved.text

@@ -40,6 +40,7 @@ from .harness import (
 pytestmark = pytest.mark.e2e
 
 ORIGIN = "http://127.0.0.1:5999"
+PASSWORD = "a long passphrase of several words"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 REQUEST = re.compile(r'name="request" value="([^"]+)"')
 
@@ -81,9 +82,12 @@ class Person:
         return match.group(1)
 
     def sign_up(self) -> None:
-        done = self.web.post("/signup", data={"csrf": self.csrf("/signup"), "email": self.email,
-                                              "password": "a long passphrase"})
-        assert done.status_code == 303, done.text
+        """Create the account, then sign in (sign-up alone signs nobody in)."""
+        for path in ("/signup", "/signin"):
+            done = self.web.post(path, data={"csrf": self.csrf(path), "email": self.email,
+                                             "password": PASSWORD})
+            assert done.status_code == 303, done.text
+        assert self.web.get("/dashboard").status_code == 200
 
     def start_connect(self, next_url: str = "/dashboard") -> str:
         """POST the dashboard's Connect form: the OpenRouter /auth URL it redirects to."""
@@ -123,7 +127,7 @@ class Person:
         assert made.status_code == 200, made.text
         path = made.json()["url"][len(self.gateway.url):]
         done = self.web.post(path, data={"csrf": self.csrf(path), "decision": "approve",
-                                         "cap": cap})
+                                         "cap": cap, "proof": made.json()["proof"]})
         assert 'data-state="approved"' in done.text, done.text
         self.pages.append(done.text)
 

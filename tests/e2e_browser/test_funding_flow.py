@@ -16,7 +16,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 from gateway.funding.vault import new_kek
 
 from .harness import Stack, start_stack
-from .test_consent_flow import PASSWORD, new_email, wait_closed
+from .test_consent_flow import PASSWORD, new_email, sign_in, sign_up, wait_closed
 
 pytestmark = pytest.mark.browser
 
@@ -60,9 +60,12 @@ def test_connect_openrouter_in_the_popup_and_stream_on_the_persons_key(
     popup = opened.value
     popup.set_viewport_size({"width": 480, "height": 820})
     popup.get_by_role("link", name="Create account").click()
-    popup.fill("#email", new_email())
+    email = new_email()
+    popup.fill("#email", email)
     popup.fill("#password", PASSWORD)
     popup.get_by_role("button", name="Create account").click()
+    expect(popup.locator(".notice")).to_contain_text("Sign in with the email and password")
+    sign_in(popup, email)
 
     # Signed in, no funding source yet: the popup asks for one before approving.
     expect(popup.get_by_role("button", name="Approve")).to_be_disabled()
@@ -133,11 +136,7 @@ def test_the_authorize_redirect_is_allowed_by_the_pages_csp(
     """The dashboard's Connect form posts to the gateway, which redirects to OpenRouter:
     the page's form-action allows exactly that origin (and the browser follows)."""
     page: Page = context.new_page()
-    page.goto(f"{funded.gateway}/signup")
-    page.fill("#email", new_email())
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
-    expect(page).to_have_url(f"{funded.gateway}/dashboard")
+    sign_up(page, funded, new_email())
     page.get_by_role("button", name="Connect OpenRouter").click()
     expect(page).to_have_url(re.compile(re.escape(upstream_root(funded)) + r"/auth\?"))
     page.locator("#deny").click()
