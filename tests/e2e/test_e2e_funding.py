@@ -170,12 +170,14 @@ def key_of(fake: FakeUpstream, openrouter_id: str) -> str:
     return keys[0]
 
 
-def refused(client: openai.OpenAI) -> openai.APIStatusError:
+def refused(client: openai.OpenAI, *, key: str | None = None) -> openai.APIStatusError:
     with pytest.raises(openai.APIStatusError) as caught:
         stream(client)
     assert caught.value.status_code == 403
     body = caught.value.body
     assert isinstance(body, dict) and body.get("code") == "funding_unavailable", body
+    if key is not None:
+        assert key not in caught.value.response.text
     return caught.value
 
 
@@ -190,7 +192,9 @@ def test_requests_are_billed_to_the_persons_own_key(
     operator_before = fake_ledger(fake)["keys"].get(OPERATOR_KEY, {}).get("billed_nano_usd", 0)
     with sdk(gateway, live_app, user) as client:
         assert stream(client)
+        connection = client.get("/connection", cast_to=httpx.Response)
     key = key_of(fake, person.openrouter_id)
+    assert key not in connection.text
     entry = fake_ledger(fake)["keys"][key]
     assert entry["requests"] == 1 and entry["billed_nano_usd"] > 0
     operator_after = fake_ledger(fake)["keys"].get(OPERATOR_KEY, {}).get("billed_nano_usd", 0)
@@ -240,7 +244,7 @@ def test_the_upstreams_refusals_become_funding_unavailable(
     with sdk(gateway, live_app, user) as client:
         httpx.post(f"{fake.root}/_fake/person", timeout=5,
                    json={"user_id": person.openrouter_id, "credits_usd": 0}).raise_for_status()
-        assert "out of credit" in refused(client).message
+        assert "out of credit" in refused(client, key=key).message
         assert "out of credit" in person.page("/dashboard")
 
         httpx.post(f"{fake.root}/_fake/person", timeout=5,
@@ -250,12 +254,12 @@ def test_the_upstreams_refusals_become_funding_unavailable(
 
         httpx.post(f"{fake.root}/_fake/key", timeout=5,
                    json={"key": key, "limit_usd": 0.000000001}).raise_for_status()
-        assert "spending limit" in refused(client).message
+        assert "spending limit" in refused(client, key=key).message
         assert "spending limit" in person.page("/dashboard")
 
         httpx.post(f"{fake.root}/_fake/key", timeout=5,
                    json={"key": key, "revoked": True}).raise_for_status()
-        assert "revoked" in refused(client).message
+        assert "revoked" in refused(client, key=key).message
         assert "no longer accepts the key" in person.page("/dashboard")
 
         # Reconnect: a new key, and the app works again at once.
