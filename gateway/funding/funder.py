@@ -133,14 +133,21 @@ class Funder:
     async def refused(self, funding: Funding, reason: str) -> None:
         """The upstream refused the person's key: keep the reason for their dashboard."""
         if funding.source_id is not None and funding.problem != reason:
-            await self.store.set_funding_problem(
-                funding.source_id, problem=reason, at=int(time.time())
-            )
+            await self._note(funding.source_id, reason)
 
     async def worked(self, funding: Funding) -> None:
         """A request on a source the dashboard shows a problem for went through."""
         if funding.source_id is not None and funding.problem is not None:
-            await self.store.set_funding_problem(funding.source_id, problem=None, at=0)
+            await self._note(funding.source_id, None)
+
+    async def _note(self, source_id: str, problem: str | None) -> None:
+        # A notice for the dashboard: failing to keep it changes no answer.
+        try:
+            await self.store.set_funding_problem(
+                source_id, problem=problem, at=int(time.time())
+            )
+        except Exception:
+            log.exception("could not record the state of funding source %s", source_id)
 
     def forget(self, source_id: str) -> None:
         self._keys.pop(source_id, None)
