@@ -21,7 +21,6 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from zxcvbn import zxcvbn
 
 MIN_LENGTH = 8
 MAX_LENGTH = 256
@@ -63,6 +62,10 @@ async def password_problem(password: str, *, email: str | None = None) -> str | 
 
 
 def _guessable(password: str, email: str | None) -> str | None:
+    # Imported on first use: its word lists cost start-up time and memory that a process
+    # serving only the API never needs.
+    from zxcvbn import zxcvbn
+
     inputs = [email, email.partition("@")[0]] if email else []
     verdict: dict[str, Any] = zxcvbn(password[:SCORED_LENGTH], user_inputs=inputs)
     if verdict["score"] >= MIN_SCORE:
