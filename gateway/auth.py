@@ -8,8 +8,9 @@ Three kinds of bearer credential reach the gateway:
 
 Verified session tokens are cached until they expire, so the hot path checks a
 signature once per token, not once per request. App records are cached for a few
-seconds; a rolled key is still refused at once, because the store checks the app's key
-version inside the same transaction that takes the request's hold.
+seconds; a rolled key, or an app the operator disabled, is still refused at once: the
+store checks the app's key version and status inside the same transaction that takes the
+request's hold, and routes that take no hold look the app up afresh.
 """
 
 from __future__ import annotations
@@ -89,16 +90,30 @@ async def _cached_app(
     fetch: Callable[[K], Awaitable[App | None]],
 ) -> App | None:
     """An app (or its absence) looked up by ``fetch``, kept ``APP_CACHE_TTL_S``; ``fresh``
-    skips the cached answer."""
+    skips the cached answer. An app found disabled is looked up again each time, so one
+    the operator enables again works at once."""
     now = time.monotonic()
     hit = cache.get(key)
-    if hit is not None and not fresh and hit[1] > now:
+    if (
+        hit is not None
+        and not fresh
+        and hit[1] > now
+        and (hit[0] is None or hit[0].status == "active")
+    ):
         return hit[0]
     app = await fetch(key)
     if len(cache) > TOKEN_CACHE_MAX:
         cache.clear()
     cache[key] = (app, now + APP_CACHE_TTL_S)
     return app
+
+
+def _check_status(app: App, error: type[InvalidApiKey] | type[InvalidSession]) -> None:
+    """Refuse an app the operator disabled or deleted (``wattfare apps disable``)."""
+    if app.status == "disabled":
+        raise error("This app is disabled by the gateway's operator.")
+    if app.status != "active":
+        raise error("This app was deleted by the gateway's operator.")
 
 
 class Authenticator:
@@ -158,10 +173,9 @@ class Authenticator:
             raise InvalidApiKey("Malformed secret key.")
         digest = secret_key_hash(key)
         app = await self._app_by_hash(digest, fresh=fresh)
-        if app is None or app.status != "active" or not hmac.compare_digest(
-            app.secret_hash, digest
-        ):
+        if app is None or not hmac.compare_digest(app.secret_hash, digest):
             raise InvalidApiKey("Unknown or rolled secret key.")
+        _check_status(app, InvalidApiKey)
         if user_header is None:
             return Principal(app=app, kind="secret", user_id=None)
         if not valid_user_id(user_header):
@@ -175,8 +189,9 @@ class Authenticator:
         if PUBLISHABLE_KEY_RE.match(key) is None:
             raise InvalidApiKey("Malformed publishable key.")
         app = await self._app_by_pk(key, fresh=fresh)
-        if app is None or app.status != "active":
+        if app is None:
             raise InvalidApiKey("Unknown or rolled publishable key.")
+        _check_status(app, InvalidApiKey)
         return Principal(app=app, kind="publishable", user_id=None)
 
     async def _session(self, token: str, *, fresh: bool) -> Principal:
@@ -216,8 +231,9 @@ class Authenticator:
         if not isinstance(kid, str) or PUBLISHABLE_KEY_RE.match(kid) is None:
             raise InvalidSession("Session token names no known app ('kid').")
         app = await self._app_by_pk(kid, fresh=fresh)
-        if app is None or app.status != "active":
+        if app is None:
             raise InvalidSession("Session token names an unknown or rolled app.")
+        _check_status(app, InvalidSession)
         try:
             _, public_key = parse_publishable_key(kid)
         except KeyFormatError:

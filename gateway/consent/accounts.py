@@ -130,6 +130,11 @@ async def signin(request: Request) -> Response:
             request, "signin.html", status=401, keep_opener=True, next=next_url,
             email=email[:254], error="Wrong email or password.",
         )
+    if account.status != "active":
+        return await render(
+            request, "signin.html", status=403, keep_opener=True, next=next_url,
+            email=email[:254], error="This account is disabled. Ask the gateway's operator.",
+        )
     consent.backoff.reset(pair)
     return await _start_session(request, account, next_url)
 

@@ -45,6 +45,12 @@ from typing import Literal, Protocol
 from gateway.keys import KeyPair, Mode
 
 ConnectionStatus = Literal["connected", "revoked"]
+# An app is active (its keys work), disabled by the operator (refused, reversible), or
+# deleted while it had a ledger (refused for good; the ledger rows stay for reports).
+AppStatus = Literal["active", "disabled", "deleted"]
+# An account is active, disabled by the operator (no sign-in, connections revoked), or
+# deleted by its owner (email and password erased, ledger kept).
+AccountStatus = Literal["active", "disabled", "deleted"]
 
 
 class StoreError(Exception):
@@ -77,6 +83,19 @@ class UnknownApp(StoreError):
     """No app with that id or name."""
 
 
+class AppDeleted(StoreError):
+    """The app was deleted: it cannot be enabled or edited any more."""
+
+
+class AppInUse(StoreError):
+    """The app has a ledger or requests in flight, so deleting it needs ``force``."""
+
+    def __init__(self, ledger_rows: int, open_holds: int) -> None:
+        super().__init__(f"{ledger_rows} ledger rows, {open_holds} open holds")
+        self.ledger_rows = ledger_rows
+        self.open_holds = open_holds
+
+
 class AccountExists(StoreError):
     """An account with that email already exists."""
 
@@ -100,6 +119,30 @@ class App:
     origins: tuple[str, ...]
     status: str
     created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppStats:
+    """What an app has: its connections, requests in flight, ledger and this month."""
+
+    connected: int
+    revoked: int
+    open_holds: int
+    ledger_rows: int
+    settled_nano: int
+    held_nano: int
+    period: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppDeletion:
+    """What :meth:`Store.delete_app` did. ``erased``: the app had no ledger and is gone
+    with its connections; otherwise it is marked deleted, every connection revoked, and
+    its ledger rows kept."""
+
+    app: App
+    erased: bool
+    revoked: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +279,18 @@ class Account:
     password_hash: str
     budget_nano: int
     created_at: int
+    status: AccountStatus = "active"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSummary:
+    """An account as the operator lists it: its connections and this month's spend."""
+
+    account: Account
+    connections: int
+    settled_nano: int
+    held_nano: int
+    period: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +422,42 @@ class FundingAttempt:
     expires_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    """Which ledger rows a usage report covers (None: all)."""
+
+    period: str | None = None
+    app_id: str | None = None
+    user_id: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSum:
+    """Ledger rows summed for one month, app, user and model (integers, exact)."""
+
+    period: str
+    app_id: str
+    user_id: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_nano: int
+    upstream_cost_nano: int
+    operator_nano: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsagePage:
+    """One slice of the ledger, in ledger order, summed: ``scanned`` rows up to and
+    including row ``last_id`` (0 when the slice was empty)."""
+
+    rows: list[UsageSum]
+    scanned: int
+    last_id: int
+
+
 def period_of(epoch_s: float) -> str:
     """The calendar month (UTC) a moment falls in, as ``YYYY-MM``."""
     t = time.gmtime(epoch_s)
@@ -447,6 +538,15 @@ class AccountStore(Protocol):
     ) -> Account: ...
     async def account_by_email(self, email: str) -> Account | None: ...
     async def set_account_budget(self, email: str, budget_nano: int) -> Account | None: ...
+    async def list_accounts(self, period: str) -> list[AccountSummary]: ...
+    async def set_account_status(
+        self, email: str, status: Literal["active", "disabled"]
+    ) -> tuple[Account, int] | None:
+        """Disable or enable an account; None if there is none (or its owner deleted it).
+        Disabling signs it out everywhere and revokes its connections (open streams cut);
+        the count returned is how many were revoked. Enabling lets it sign in again; its
+        apps ask anew."""
+        ...
     async def account_spend(self, account_id: str, period: str) -> AccountSpend: ...
     async def create_web_session(
         self, token_hash: bytes, *, account_id: str, expires_at: int
@@ -541,6 +641,46 @@ class AccountStore(Protocol):
         ...
 
 
+class AppAdminStore(Protocol):
+    """Apps as the operator manages them: looked up by id or name, inspected, disabled,
+    their origins edited, deleted."""
+
+    async def find_app(self, app: str) -> App | None:
+        """By id or name, whatever its status."""
+        ...
+    async def app_stats(self, app_id: str, period: str) -> AppStats: ...
+    async def set_app_status(self, app: str, status: Literal["active", "disabled"]) -> App:
+        """Disable or enable an app (raises :class:`UnknownApp`, :class:`AppDeleted`).
+        Disabling also posts a revocation event for each connection with a request in
+        flight, so every process cuts the app's open streams."""
+        ...
+    async def update_app_origins(
+        self, app: str, *, add: tuple[str, ...] = (), remove: tuple[str, ...] = ()
+    ) -> App:
+        """Add and remove registered origins in one transaction (raises
+        :class:`UnknownApp`, :class:`AppDeleted`)."""
+        ...
+    async def delete_app(self, app: str, *, force: bool) -> AppDeletion:
+        """An app with no ledger rows and nothing in flight is erased with its
+        connections and consent links. Otherwise :class:`AppInUse`, unless ``force``:
+        then it is marked deleted (refused for good), every connection is revoked (open
+        streams cut), unused consent links go, and the ledger stays."""
+        ...
+
+
+class ReportStore(Protocol):
+    """Reports over the ledger (the operator's usage command)."""
+
+    async def usage_count(self, query: UsageQuery) -> int:
+        """How many ledger rows ``query`` covers."""
+        ...
+
+    async def usage(self, query: UsageQuery, *, after_id: int, limit: int) -> UsagePage:
+        """The next ``limit`` ledger rows ``query`` covers after row ``after_id``, summed
+        by month, app, user and model."""
+        ...
+
+
 class SecretStore(Protocol):
     """The gateway's own secrets (generated on first use, then kept)."""
 
@@ -551,7 +691,9 @@ class ChatStore(MeteringStore, AppStore, Protocol):
     """What the chat path needs: apps and keys, and the money."""
 
 
-class Store(MeteringStore, AppStore, AccountStore, SecretStore, Protocol):
+class Store(
+    MeteringStore, AppStore, AppAdminStore, AccountStore, ReportStore, SecretStore, Protocol
+):
     """What every backend provides. All methods are safe to call concurrently."""
 
     async def open(self) -> None: ...

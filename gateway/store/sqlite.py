@@ -39,6 +39,9 @@ import orjson
 from gateway.keys import Mode, generate_key_pair, secret_key_hash
 from gateway.store.base import App, NewApp, StoreError, UnknownApp
 from gateway.store.sqlite_accounts import AccountsMixin, transaction
+from gateway.store.sqlite_admin import APP_COLUMNS as _APP_COLUMNS
+from gateway.store.sqlite_admin import AdminMixin
+from gateway.store.sqlite_admin import app_of as _app
 from gateway.store.sqlite_funding import FundingMixin
 from gateway.store.sqlite_money import MeteringMixin
 from gateway.store.sqlite_schema import MIGRATIONS
@@ -56,25 +59,6 @@ WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
 # An instance whose heartbeat is older than this is presumed dead.
 STALE_AFTER_S = 30
-
-_APP_COLUMNS = (
-    "id, name, mode, publishable_key, secret_hash, key_version, origins, status, created_at"
-)
-
-
-def _app(row: sqlite3.Row | tuple[Any, ...]) -> App:
-    return App(
-        id=row[0],
-        name=row[1],
-        mode=row[2],
-        publishable_key=row[3],
-        secret_hash=bytes(row[4]),
-        key_version=row[5],
-        origins=tuple(orjson.loads(row[6])),
-        status=row[7],
-        created_at=row[8],
-    )
-
 
 def _ensure_parent(path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -112,10 +96,11 @@ def _deliver(futures: list[asyncio.Future[Any]], outcomes: list[tuple[bool, Any]
             future.set_exception(value)
 
 
-class SQLiteStore(MeteringMixin, AccountsMixin, FundingMixin):
+class SQLiteStore(MeteringMixin, AccountsMixin, FundingMixin, AdminMixin):
     """:class:`gateway.store.base.Store` on one SQLite file (its money half:
     :mod:`gateway.store.sqlite_money`; its end-user half:
-    :mod:`gateway.store.sqlite_accounts` and :mod:`gateway.store.sqlite_funding`)."""
+    :mod:`gateway.store.sqlite_accounts` and :mod:`gateway.store.sqlite_funding`; the
+    operator's: :mod:`gateway.store.sqlite_admin`)."""
 
     def __init__(
         self,

@@ -29,13 +29,18 @@ from gateway.store.base import (
 
 T = TypeVar("T")
 
-_ACCOUNT_COLUMNS = "id, email, password_hash, budget_nano, created_at"
+_ACCOUNT_COLUMNS = "id, email, password_hash, budget_nano, created_at, status"
 _CONSENT_COLUMNS = "app_id, user_id, cap_nano, origin, created_at, expires_at, used_at, outcome"
 
 
-def _account(row: tuple[str, str, str, int, int]) -> Account:
+def account_of(row: tuple[str, str, str, int, int, str]) -> Account:
+    """An :class:`Account` from a row of ``_ACCOUNT_COLUMNS``."""
     return Account(
-        id=row[0], email=row[1], password_hash=row[2], budget_nano=row[3], created_at=row[4]
+        id=row[0], email=row[1], password_hash=row[2], budget_nano=row[3], created_at=row[4],
+        status=(
+            "deleted" if row[2] == DELETED_PASSWORD_HASH
+            else "disabled" if row[5] == "disabled" else "active"
+        ),
     )
 
 
@@ -89,7 +94,7 @@ class AccountsMixin:
                 f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE email = ?", (email,)  # noqa: S608 (constant columns)
             ).fetchone()
         )
-        return None if row is None else _account(row)
+        return None if row is None else account_of(row)
 
     async def set_account_budget(self, email: str, budget_nano: int) -> Account | None:
         def update(conn: sqlite3.Connection) -> Account | None:
@@ -100,7 +105,7 @@ class AccountsMixin:
             row = conn.execute(
                 f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE email = ?", (email,)  # noqa: S608 (constant columns)
             ).fetchone()
-            return None if row is None else _account(row)
+            return None if row is None else account_of(row)
 
         return await self._run(update)
 
@@ -140,13 +145,13 @@ class AccountsMixin:
     async def account_by_web_session(self, token_hash: bytes, *, now: int) -> Account | None:
         row = await self._run(
             lambda c: c.execute(
-                "SELECT a.id, a.email, a.password_hash, a.budget_nano, a.created_at "
+                "SELECT a.id, a.email, a.password_hash, a.budget_nano, a.created_at, a.status "
                 "FROM web_sessions w JOIN accounts a ON a.id = w.account_id "
-                "WHERE w.token_hash = ? AND w.expires_at > ?",
+                "WHERE w.token_hash = ? AND w.expires_at > ? AND a.status = 'active'",
                 (token_hash, now),
             ).fetchone()
         )
-        return None if row is None else _account(row)
+        return None if row is None else account_of(row)
 
     async def delete_web_session(self, token_hash: bytes) -> None:
         await self._run(

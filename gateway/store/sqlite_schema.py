@@ -176,4 +176,9 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at    INTEGER NOT NULL
     );
     """,
+    # 5: the operator can disable an end user's account.
+    """
+    ALTER TABLE accounts ADD COLUMN status TEXT NOT NULL DEFAULT 'active'
+        CHECK (status IN ('active', 'disabled'))
+    """,
 )
