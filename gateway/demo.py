@@ -12,12 +12,16 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from types import FrameType
 
 import httpx
 import uvicorn
@@ -29,7 +33,7 @@ from gateway.consent.sample_app import sample_app
 from gateway.store import make_store
 
 SNIPPET = """\
-from gateway.sdk import Wattfare
+from wattfare import Wattfare
 
 wattfare = Wattfare(secret_key="{secret_key}", base_url="{base_url}")
 client = wattfare.user("alice", monthly_usd=5).openai()
@@ -111,7 +115,32 @@ def _run_snippet(code: str) -> bool:
 def run_demo(
     settings: Settings, *, port: int, upstream_port: int, once: bool, sample_port: int = 8789
 ) -> int:
+    # The demo's database lives in a temporary folder that goes with the demo, however it
+    # ends (--once, Ctrl-C, SIGTERM, an error).
+    # SIGTERM's default action would end the process before any ``finally`` runs, and
+    # uvicorn re-raises the signal once it has shut down: make it an exit instead.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main_thread else None
     folder = tempfile.mkdtemp(prefix="wattfare-demo-")
+    try:
+        return _run_demo_in(
+            settings, folder=folder, port=port, upstream_port=upstream_port, once=once,
+            sample_port=sample_port,
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _run_demo_in(
+    settings: Settings, *, folder: str, port: int, upstream_port: int, once: bool,
+    sample_port: int,
+) -> int:
     host = "127.0.0.1"
     base_url = f"http://{host}:{port}"
     settings = replace(

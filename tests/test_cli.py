@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
-from e2e.harness import free_port
+from e2e.harness import free_port, stop_process, wait_until
 
 from gateway.cli import main
 from gateway.keys import publishable_key_for
@@ -84,16 +87,54 @@ def test_config_error_is_one_line_naming_the_key(
 
 @pytest.mark.e2e
 def test_demo_once_streams_a_reply_and_its_cost(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     done = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "demo", "--once",
          "--port", str(free_port()), "--upstream-port", str(free_port())],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+        env={**os.environ, "TMPDIR": str(tmp)},
     )
     assert done.returncode == 0, done.stderr
-    assert "from gateway.sdk import Wattfare" in done.stdout
+    assert "from wattfare import Wattfare" in done.stdout
     assert "tok tok" in done.stdout
     assert "charged: $0.0000" in done.stdout
     assert "'status': 'connected'" in done.stdout
+    assert "Warning" not in done.stderr, done.stderr
+    assert list(tmp.iterdir()) == []  # its temporary folder went with it
+
+
+@pytest.mark.e2e
+def test_a_stopped_demo_removes_its_folder_and_its_upstream(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    port, upstream, sample = free_port(), free_port(), free_port()
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "demo", "--port", str(port),
+             "--upstream-port", str(upstream), "--sample-port", str(sample)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+            env={**os.environ, "TMPDIR": str(tmp)},
+        )
+    try:
+        assert wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=30)
+        [folder] = tmp.iterdir()
+        assert folder.name.startswith("wattfare-demo-")
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(timeout=20)
+    finally:
+        stop_process(demo)
+    assert demo.returncode == 128 + signal.SIGTERM, log.read_text()
+    assert list(tmp.iterdir()) == []
+    assert not _answers(f"http://127.0.0.1:{upstream}/healthz")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_serve_believes_forwarded_headers_only_from_configured_peers() -> None:

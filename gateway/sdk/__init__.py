@@ -1,27 +1,19 @@
-"""The Python server SDK: mint session tokens and call the gateway for an app's users.
+"""Deprecated: the server SDK is the top-level ``wattfare`` package (``import wattfare``).
 
-Runs on the app's backend, next to the app's secret key::
-
-    from gateway.sdk import Wattfare
-
-    wattfare = Wattfare(os.environ["WATTFARE_SECRET_KEY"], base_url="http://127.0.0.1:8787")
-
-    # Hand a browser a 10-minute session token (minted locally, no network call).
-    session = wattfare.create_session("user-42", monthly_usd=10)
-    return JSONResponse(session.to_dict())
-
-    # Or call the gateway for a user from the backend with the official openai SDK; the
-    # client's session token is renewed before it expires.
-    client = wattfare.user("user-42", monthly_usd=10).openai()
-    client.chat.completions.create(model="openai/gpt-4o-mini", messages=[...])
-
-``UserClient.openai()`` and ``.async_openai()`` need the optional ``openai`` package
-(``pip install 'wattfare[sdk]'``); the rest of the SDK does not.
+This name stays importable for code written against it, with a DeprecationWarning; it
+will be removed in a later release.
 """
 
 from __future__ import annotations
 
-from gateway.sdk._client import UserClient, Wattfare
-from gateway.sdk._session import Session
+import warnings
+
+from wattfare import Session, UserClient, Wattfare
+
+warnings.warn(
+    "gateway.sdk is deprecated: import the SDK as 'wattfare' (from wattfare import Wattfare)",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 __all__ = ["Session", "UserClient", "Wattfare"]

@@ -14,8 +14,8 @@ import openai
 import pytest
 
 from gateway.keys import generate_key_pair
-from gateway.sdk import Wattfare
 from gateway.tokens import mint_session_token
+from wattfare import Wattfare
 
 from .harness import (
     MODEL,

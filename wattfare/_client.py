@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from gateway.keys import KeyFormatError, publishable_key_for
-from gateway.sdk._session import RenewingToken, Session
 from gateway.tokens import MAX_LIFETIME_S, mint_session_token, valid_user_id
+from wattfare._session import RenewingToken, Session
 
 if TYPE_CHECKING:
     import openai as openai_sdk
@@ -82,7 +82,7 @@ def _check_base_url(base_url: object) -> str:
 
 def _missing_openai() -> ImportError:
     return ImportError(
-        "Wattfare's OpenAI clients need the openai package: pip install 'wattfare[sdk]'"
+        "Wattfare's OpenAI clients need the openai package: pip install openai"
     )
 
 
