@@ -5,8 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,14 +38,26 @@ def test_a_held_lock_is_waited_for_with_a_message_and_a_bound(tmp_path: Path) ->
         assert "holds apt's lock; waiting" in done.stderr
         assert "still held after 1 s; giving up" in done.stderr
 
-        release = threading.Timer(1.0, lambda: fcntl.lockf(fd, fcntl.LOCK_UN))
-        release.start()
-        started = time.monotonic()
-        done = apt_wait(lock, timeout_s=30)
-        release.join()
+        # Released once the script says it waits: it then goes on by itself.
+        waiting = subprocess.Popen(
+            ["bash", "-c", "RUN_LIBRARY_ONLY=1 source ./run && apt_wait"],
+            cwd=ROOT, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "APT_LOCKS": str(lock), "APT_LOCK_TIMEOUT_S": "60",
+                 "APT_LOCK_POLL_S": "0.1"},
+        )
+        assert waiting.stderr is not None
+        try:
+            first = waiting.stderr.readline()
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+            rest = waiting.stderr.read()
+            code = waiting.wait(timeout=30)
+        finally:
+            waiting.stderr.close()
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.wait(timeout=10)
     finally:
         os.close(fd)
-    assert done.returncode == 0, done.stderr
-    assert "waiting for it to finish" in done.stderr
-    assert "lock is free after" in done.stderr
-    assert time.monotonic() - started < 20
+    assert "waiting for it to finish" in first
+    assert code == 0, rest
+    assert "lock is free after" in rest
