@@ -176,7 +176,7 @@ def test_every_block_runs_as_typed(terminal: Terminal) -> None:
         else:
             terminal.run(block)
     out = "".join(terminal.output)
-    assert "data: [DONE]" in out  # the curl stream
+    assert "data: [DONE]" in out and '"cost":' in out  # the curl stream and its usage
     assert "charged $" in out  # the SDK's stream and its usage chunk
     assert "402 spend_cap_reached" in out
     assert "total" in out  # the usage report
