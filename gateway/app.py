@@ -60,7 +60,9 @@ async def _every(seconds: float, job: Callable[[], Awaitable[None]], name: str) 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     error: GatewayError
-    if exc.status_code == 404:
+    if exc.status_code == 404 and request.url.path.startswith("/v1/"):
+        error = routes.unsupported_endpoint(request.method, request.url.path)
+    elif exc.status_code == 404:
         error = NotFound(f"No route for {request.method} {request.url.path}.")
     elif exc.status_code == 405:
         error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.")
@@ -87,12 +89,14 @@ class Gateway:
             routes=[
                 Route("/v1/sessions", routes.create_session, methods=["POST"]),
                 Route("/v1/models", routes.list_models, methods=["GET"]),
+                Route("/v1/models/{model:path}", routes.get_model, methods=["GET"]),
                 Route(
                     "/v1/connection", routes.get_connection, methods=["GET"]
                 ),
                 Route("/v1/connection", routes.delete_connection, methods=["DELETE"]),
                 Route("/healthz", routes.healthz, methods=["GET"]),
                 Route("/metrics", routes.metrics, methods=["GET"]),
+                Route("/openapi.json", routes.openapi, methods=["GET"]),
                 *consent_routes(),
             ],
             exception_handlers={

@@ -17,6 +17,7 @@ The tree (each class fixes the HTTP status, the OpenAI ``type`` and the stable `
     ├── OriginNotAllowed        403 origin_not_allowed
     ├── FundingUnavailable      403 funding_unavailable
     ├── NotFound                404 not_found
+    ├── UnsupportedEndpoint     404 unsupported_endpoint
     ├── ModelNotFound           404 model_not_found
     ├── MethodNotAllowed        405 method_not_allowed
     ├── RequestTimeout          408 request_timeout
@@ -28,6 +29,9 @@ The tree (each class fixes the HTTP status, the OpenAI ``type`` and the stable `
     ├── ServerBusy              503 server_busy
     └── UpstreamTimeout         504 upstream_timeout
 
+``unsupported_endpoint`` is any other ``/v1/…`` path (``/v1/embeddings``,
+``/v1/responses``, …): its message names what the gateway serves. A 404, not a 501: the
+OpenAI SDK retries 5xx answers, and no retry will help.
 ``not_found``, ``method_not_allowed`` and ``internal_error`` are not in API.md's table:
 they cover a path that does not exist, a wrong method, and a bug in the gateway itself.
 ``origin_not_allowed`` is the browser-facing API's refusal of a page whose origin is not
@@ -127,6 +131,10 @@ class FundingUnavailable(GatewayError):
 
 class NotFound(GatewayError):
     status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class UnsupportedEndpoint(GatewayError):
+    status, type, code = 404, "invalid_request_error", "unsupported_endpoint"
 
 
 class ModelNotFound(GatewayError):

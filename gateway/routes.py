@@ -1,8 +1,10 @@
-"""The JSON API around the proxy: sessions, models, connection, health, metrics."""
+"""The JSON API around the proxy: sessions, models, connection, health, metrics, the
+OpenAPI document, and the answer to OpenAI endpoints the gateway does not serve."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -10,10 +12,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import __version__
 from gateway.auth import ONE_USER_HEADER, CredentialKind, Principal
-from gateway.errors import GatewayError, InvalidRequest, NotConnected
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    NotConnected,
+    UnsupportedEndpoint,
+)
 from gateway.http import json_object, read_body
 from gateway.money import nano_to_usd, usd_to_nano
+from gateway.openapi import openapi_body
 from gateway.state import GatewayState
 from gateway.store.base import ConnectionState, period_of
 from gateway.tokens import mint_session_token, valid_user_id
@@ -112,11 +122,83 @@ async def create_session(request: Request) -> Response:
     )
 
 
-async def list_models(request: Request) -> Response:
-    """``GET /v1/models``: the upstream's list with pricing, as the upstream sent it."""
+def openai_model(entry: dict[str, Any]) -> dict[str, Any]:
+    """One upstream model entry in OpenAI's shape: ``id``, ``object: "model"``,
+    ``created`` and ``owned_by`` first, then every other field the upstream sent
+    (OpenRouter's ``pricing``, ``context_length``, … stay as they came)."""
+    model_id: str = entry["id"]
+    created = entry.get("created")
+    owned_by = entry.get("owned_by")
+    if not isinstance(owned_by, str) or not owned_by:
+        # OpenRouter names models "vendor/model"; OpenAI says "system" for its own.
+        owned_by = model_id.split("/", 1)[0] if "/" in model_id else "system"
+    shaped: dict[str, Any] = {
+        "id": model_id,
+        "object": "model",
+        "created": created if isinstance(created, int) and not isinstance(created, bool) else 0,
+        "owned_by": owned_by,
+    }
+    for key, value in entry.items():
+        shaped.setdefault(key, value)
+    return shaped
+
+
+def openai_model_list(entries: Iterable[Any]) -> list[dict[str, Any]]:
+    """Upstream model entries (``Upstreams.listing()``: OpenRouter's, or any
+    OpenAI-compatible server's, priced) in OpenAI's shape; an entry without a string
+    ``id`` is left out."""
+    return [
+        openai_model(e) for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)
+    ]
+
+
+async def _models(request: Request) -> list[dict[str, Any]]:
     await authenticate(request, ANY_CREDENTIAL, need_user=False)
-    body = await state_of(request).upstreams.listing_body()
+    return openai_model_list(await state_of(request).upstreams.listing())
+
+
+async def list_models(request: Request) -> Response:
+    """``GET /v1/models``: the models the gateway serves, in OpenAI's list shape."""
+    body = orjson.dumps({"object": "list", "data": await _models(request)})
     return Response(body, media_type="application/json")
+
+
+async def get_model(request: Request) -> Response:
+    """``GET /v1/models/{model}``: one model (its id may hold ``/``)."""
+    model_id = request.path_params["model"]
+    found = next((m for m in await _models(request) if m["id"] == model_id), None)
+    if found is None:
+        raise ModelNotFound(
+            f"The model '{model_id}' does not exist or is not offered by this gateway "
+            "(GET /v1/models lists those it offers).",
+            param="model",
+        )
+    return Response(orjson.dumps(found), media_type="application/json")
+
+
+SUPPORTED = (
+    "POST /v1/chat/completions, GET /v1/models and GET /v1/models/{model} of the OpenAI "
+    "API, and its own POST /v1/sessions, GET|DELETE /v1/connection and POST /v1/connect "
+    "(see /openapi.json)"
+)
+
+
+def unsupported_endpoint(method: str, path: str) -> GatewayError:
+    """The error for a ``/v1/…`` path the gateway has no route for."""
+    return UnsupportedEndpoint(
+        f"{method} {path} is not supported by this gateway. It serves {SUPPORTED}."
+    )
+
+
+async def openapi(request: Request) -> Response:
+    """``GET /openapi.json``: the HTTP API's OpenAPI 3.1 document."""
+    body: bytes | None = getattr(request.app.state, "openapi_body", None)
+    if body is None:
+        body = openapi_body(
+            public_url=state_of(request).settings.server.public_url, version=__version__
+        )
+        request.app.state.openapi_body = body
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-cache"})
 
 
 def _connection_json(principal: Principal, conn: ConnectionState | None) -> dict[str, Any]:
