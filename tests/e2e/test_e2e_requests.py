@@ -505,7 +505,9 @@ def test_session_token_ignores_a_user_header(gateway: Gateway, app: AppKeys, use
     [
         pytest.param("GET", CHAT, 405, "method_not_allowed", id="get-chat"),
         pytest.param("PUT", "/v1/connection", 405, "method_not_allowed", id="put-connection"),
-        pytest.param("GET", "/v1/nothing-here", 404, "not_found", id="unknown-path"),
+        pytest.param("GET", "/v1/nothing-here", 404, "unsupported_endpoint",
+                     id="unknown-v1-path"),
+        pytest.param("GET", "/nothing-here", 404, "not_found", id="unknown-path"),
     ],
 )
 def test_wrong_route_errors_keep_the_openai_shape(
