@@ -17,8 +17,8 @@ ERROR_CODES = (
     "invalid_request", "invalid_api_key", "invalid_session", "session_expired",
     "spend_cap_reached", "not_connected", "connection_revoked", "origin_not_allowed",
     "not_found", "unsupported_endpoint", "model_not_found", "method_not_allowed",
-    "request_too_large", "rate_limited", "internal_error", "upstream_error",
-    "upstream_timeout",
+    "request_too_large", "request_timeout", "headers_too_large", "rate_limited",
+    "internal_error", "upstream_error", "server_busy", "upstream_timeout",
 )
 ERRORS = {
     400: "Malformed JSON, missing or ill-typed fields (`invalid_request`).",
@@ -289,7 +289,9 @@ PATHS: dict[str, Any] = {
                         "description": "The one-time consent id from POST /v1/connect."}],
         "get": _page("The hosted consent page (the popup)."),
         "post": _page("Approve or deny the app's request.",
-                      form={"decision": {"enum": ["approve", "deny"]}, "cap": _STRING}),
+                      form={"decision": {"enum": ["approve", "deny"]}, "cap": _STRING,
+                            "proof": {"type": "string", "description": "What only the "
+                                      "window that started the flow holds."}}),
     },
     "/signin": {"get": _page("Sign in.", query=("next",)),
                 "post": _page("Sign in.", form={"email": _STRING, "password": _STRING},
