@@ -320,6 +320,21 @@ PATHS: dict[str, Any] = {
                                                   form={})},
     "/account/delete": {"post": _page("Delete the account.", form={"password": _STRING})},
     "/sdk/wattfare.js": {"get": _plain("The browser SDK (an ES module).", "text/javascript")},
+    "/sdk/origin": {"get": _api(
+        "Is the calling page's origin registered for the app of this publishable key? "
+        "(What the browser SDK asks, since a refused CORS preflight looks like a network "
+        "error.)",
+        _json({"type": "object", "required": ["origin", "registered"],
+               "properties": {"origin": _STRING, "registered": {"type": "boolean"}}},
+              "The Origin header the browser sent, and whether the app registered it."),
+        400, 401, security=[],
+        parameters=[
+            {"name": "key", "in": "query", "required": True, "schema": _STRING,
+             "description": "The app's publishable key (`pk_…`)."},
+            {"name": "Origin", "in": "header", "required": True, "schema": _STRING,
+             "example": "http://127.0.0.1:5173"},
+        ],
+    )},
     "/static/wattfare.css": {"get": _plain("The pages' stylesheet.", "text/css")},
     "/healthz": {"get": {
         "tags": ["api"], "summary": "Liveness and store reachability.", "security": [],
