@@ -19,6 +19,7 @@ ERROR_CODES = (
     "not_found", "unsupported_endpoint", "model_not_found", "method_not_allowed",
     "request_too_large", "request_timeout", "headers_too_large", "rate_limited",
     "internal_error", "upstream_error", "server_busy", "upstream_timeout",
+    "funding_unavailable",
 )
 ERRORS = {
     400: "Malformed JSON, missing or ill-typed fields (`invalid_request`).",
@@ -319,6 +320,16 @@ PATHS: dict[str, Any] = {
     "/account/signout-everywhere": {"post": _page("End every session of the account.",
                                                   form={})},
     "/account/delete": {"post": _page("Delete the account.", form={"password": _STRING})},
+    "/funding/openrouter": {"post": _page(
+        "Start connecting the person's OpenRouter account (OAuth PKCE) to pay for their "
+        "requests.", form={"next": _STRING})},
+    "/funding/openrouter/callback/{state}": {
+        "parameters": [{"name": "state", "in": "path", "required": True, "schema": _STRING,
+                        "description": "The attempt this browser started."}],
+        "get": _page("Where OpenRouter sends the person back with a code.", query=("code",)),
+    },
+    "/funding/disconnect": {"post": _page("Delete the account's stored OpenRouter key.",
+                                          form={})},
     "/sdk/wattfare.js": {"get": _plain("The browser SDK (an ES module).", "text/javascript")},
     "/sdk/origin": {"get": _api(
         "Is the calling page's origin registered for the app of this publishable key? "
