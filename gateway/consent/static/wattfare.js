@@ -16,6 +16,8 @@
 //
 // This file imports nothing, so that its build is one self-contained ES module.
 const POLL_MS = 250;
+/** A session token is reused until this close to its `exp`. */
+const RENEW_BEFORE_S = 60;
 /** An error with a stable `code` (see WattfareErrorCode) and a message that explains it. */
 export class WattfareError extends Error {
     code;
@@ -31,12 +33,12 @@ export class WattfareError extends Error {
         return this.code === "not_connected" || this.code === "connection_revoked";
     }
 }
-function kidOf(token) {
+/** One part of a JWS compact token, decoded as JSON (unverified); null if unreadable. */
+function jwtPart(token, index) {
     try {
-        const head = (token.split(".")[0] ?? "").replace(/-/g, "+").replace(/_/g, "/");
-        const header = JSON.parse(atob(head + "===".slice((head.length + 3) % 4)));
-        const kid = header?.kid;
-        return typeof kid === "string" ? kid : null;
+        const part = (token.split(".")[index] ?? "").replace(/-/g, "+").replace(/_/g, "/");
+        const value = JSON.parse(atob(part + "===".slice((part.length + 3) % 4)));
+        return typeof value === "object" && value !== null ? value : null;
     }
     catch {
         return null;
@@ -58,6 +60,8 @@ export class Wattfare extends EventTarget {
     origin;
     session;
     current = null;
+    held = null;
+    minting = null;
     pending = null;
     constructor(options) {
         super();
@@ -85,8 +89,21 @@ export class Wattfare extends EventTarget {
     get connection() {
         return this.current;
     }
-    /** A fresh session token from the app's `session` function. */
+    /** A session token for the gateway: the last one the app's `session` function gave,
+     *  until a minute before it expires, then a new one (concurrent calls share it). */
     async token() {
+        const held = this.held;
+        if (held !== null && held.exp - Date.now() / 1000 > RENEW_BEFORE_S)
+            return held.token;
+        this.minting ??= this.freshToken().finally(() => { this.minting = null; });
+        return this.minting;
+    }
+    /** Forget the held session token (say, when the signed-in user changes): the next
+     *  call asks the app's `session` function again. */
+    clearSession() {
+        this.held = null;
+    }
+    async freshToken() {
         let token;
         try {
             token = await this.session();
@@ -97,25 +114,37 @@ export class Wattfare extends EventTarget {
         if (typeof token !== "string" || token.split(".").length !== 3) {
             throw new WattfareError("invalid_session", "The session function must return a session token (a JWT string)");
         }
-        if (kidOf(token) !== this.publishableKey) {
+        if (jwtPart(token, 0)?.kid !== this.publishableKey) {
             throw new WattfareError("invalid_session", "The session token was not minted for this publishable key");
         }
+        const exp = jwtPart(token, 1)?.exp;
+        this.held = typeof exp === "number" ? { token, exp } : null;
         return token;
     }
     /** fetch() against the gateway with a session token, e.g.
      *  wattfare.fetch("/v1/chat/completions", {method: "POST", body: JSON.stringify(...)}) */
     async fetch(path, init = {}) {
-        const token = await this.token();
-        const headers = new Headers(init.headers ?? {});
-        headers.set("Authorization", `Bearer ${token}`);
-        if (init.body && !headers.has("Content-Type"))
-            headers.set("Content-Type", "application/json");
-        try {
-            return await fetch(this.baseUrl + path, { ...init, headers, credentials: "omit" });
+        const send = async () => {
+            const headers = new Headers(init.headers ?? {});
+            headers.set("Authorization", `Bearer ${await this.token()}`);
+            if (init.body && !headers.has("Content-Type"))
+                headers.set("Content-Type", "application/json");
+            try {
+                return await fetch(this.baseUrl + path, { ...init, headers, credentials: "omit" });
+            }
+            catch (error) {
+                throw await this.unreachable(error);
+            }
+        };
+        const reused = this.held !== null;
+        const response = await send();
+        // A held token the gateway no longer takes (a clock that runs behind, a rolled key):
+        // once more with a new one, when the body can be sent again.
+        if (response.status === 401 && reused && (init.body == null || typeof init.body === "string")) {
+            this.clearSession();
+            return send();
         }
-        catch (error) {
-            throw await this.unreachable(error);
-        }
+        return response;
     }
     /**
      * Why a request never got an answer the page may read. A browser hides the gateway's

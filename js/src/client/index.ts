@@ -17,6 +17,8 @@
 // This file imports nothing, so that its build is one self-contained ES module.
 
 const POLL_MS = 250;
+/** A session token is reused until this close to its `exp`. */
+const RENEW_BEFORE_S = 60;
 
 /** Why a call failed. The first group is the browser's side of consent:
  * - `popup_blocked`: the browser refused to open the consent window (call connect() from a click);
@@ -91,12 +93,12 @@ interface ConsentAnswer {
   connection?: Connection;
 }
 
-function kidOf(token: string): string | null {
+/** One part of a JWS compact token, decoded as JSON (unverified); null if unreadable. */
+function jwtPart(token: string, index: number): Record<string, unknown> | null {
   try {
-    const head = (token.split(".")[0] ?? "").replace(/-/g, "+").replace(/_/g, "/");
-    const header: unknown = JSON.parse(atob(head + "===".slice((head.length + 3) % 4)));
-    const kid = (header as { kid?: unknown } | null)?.kid;
-    return typeof kid === "string" ? kid : null;
+    const part = (token.split(".")[index] ?? "").replace(/-/g, "+").replace(/_/g, "/");
+    const value: unknown = JSON.parse(atob(part + "===".slice((part.length + 3) % 4)));
+    return typeof value === "object" && value !== null ? (value as Record<string, unknown>) : null;
   } catch {
     return null;
   }
@@ -118,6 +120,8 @@ export class Wattfare extends EventTarget {
   readonly origin: string;
   private readonly session: () => Promise<string> | string;
   private current: Connection | null = null;
+  private held: { token: string; exp: number } | null = null;
+  private minting: Promise<string> | null = null;
   private pending: { popup: Window; promise: Promise<Connection> } | null = null;
 
   constructor(options: WattfareOptions) {
@@ -149,8 +153,22 @@ export class Wattfare extends EventTarget {
     return this.current;
   }
 
-  /** A fresh session token from the app's `session` function. */
+  /** A session token for the gateway: the last one the app's `session` function gave,
+   *  until a minute before it expires, then a new one (concurrent calls share it). */
   async token(): Promise<string> {
+    const held = this.held;
+    if (held !== null && held.exp - Date.now() / 1000 > RENEW_BEFORE_S) return held.token;
+    this.minting ??= this.freshToken().finally(() => { this.minting = null; });
+    return this.minting;
+  }
+
+  /** Forget the held session token (say, when the signed-in user changes): the next
+   *  call asks the app's `session` function again. */
+  clearSession(): void {
+    this.held = null;
+  }
+
+  private async freshToken(): Promise<string> {
     let token: unknown;
     try {
       token = await this.session();
@@ -160,24 +178,36 @@ export class Wattfare extends EventTarget {
     if (typeof token !== "string" || token.split(".").length !== 3) {
       throw new WattfareError("invalid_session", "The session function must return a session token (a JWT string)");
     }
-    if (kidOf(token) !== this.publishableKey) {
+    if (jwtPart(token, 0)?.kid !== this.publishableKey) {
       throw new WattfareError("invalid_session", "The session token was not minted for this publishable key");
     }
+    const exp = jwtPart(token, 1)?.exp;
+    this.held = typeof exp === "number" ? { token, exp } : null;
     return token;
   }
 
   /** fetch() against the gateway with a session token, e.g.
    *  wattfare.fetch("/v1/chat/completions", {method: "POST", body: JSON.stringify(...)}) */
   async fetch(path: string, init: RequestInit = {}): Promise<Response> {
-    const token = await this.token();
-    const headers = new Headers(init.headers ?? {});
-    headers.set("Authorization", `Bearer ${token}`);
-    if (init.body && !headers.has("Content-Type")) headers.set("Content-Type", "application/json");
-    try {
-      return await fetch(this.baseUrl + path, { ...init, headers, credentials: "omit" });
-    } catch (error) {
-      throw await this.unreachable(error);
+    const send = async (): Promise<Response> => {
+      const headers = new Headers(init.headers ?? {});
+      headers.set("Authorization", `Bearer ${await this.token()}`);
+      if (init.body && !headers.has("Content-Type")) headers.set("Content-Type", "application/json");
+      try {
+        return await fetch(this.baseUrl + path, { ...init, headers, credentials: "omit" });
+      } catch (error) {
+        throw await this.unreachable(error);
+      }
+    };
+    const reused = this.held !== null;
+    const response = await send();
+    // A held token the gateway no longer takes (a clock that runs behind, a rolled key):
+    // once more with a new one, when the body can be sent again.
+    if (response.status === 401 && reused && (init.body == null || typeof init.body === "string")) {
+      this.clearSession();
+      return send();
     }
+    return response;
   }
 
   /**
