@@ -34,8 +34,11 @@ KEY = "sk-or-v1-e2e"
 CLIENTS = 6
 KILLS = 4
 KILL_EVERY_S = 4.0
-# Charged and billed agree to within this share of the bill.
-TOLERANCE = 0.05
+# Charged and billed agree to within this share of the bill. What is missed: answers to
+# non-streamed requests the upstream finished for a gateway killed meanwhile (no
+# generation id is known before such an answer's end, so the hold settles to its
+# checkpoint), and streams killed before their first byte.
+TOLERANCE = 0.08
 
 
 def billed(fake: FakeUpstream) -> int:
