@@ -4,8 +4,8 @@ The chat completion route is dispatched to the plain ASGI handler before Starlet
 router sees it (the hot path pays for no routing, no request object); everything else
 is an ordinary Starlette app. The lifespan opens the store, reconciles holds left by
 dead processes, creates the one shared upstream client, and runs three small background
-loops: the instance heartbeat, periodic reconciliation, and the revocation poller that
-cuts streams revoked from another process.
+loops: the instance heartbeat, periodic reconciliation, and the change follower that
+acts on what other processes or nodes changed (revocations, rolled keys).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ log = logging.getLogger("wattfare")
 
 HEARTBEAT_S = 5.0
 RECONCILE_S = 30.0
-REVOCATION_POLL_S = 0.25
+CHANGES_POLL_S = 0.25
 
 CHAT_PATH = "/v1/chat/completions"
 # The cyclic garbage collector's thresholds while serving (see ``serving_gc``).
@@ -160,13 +160,23 @@ class Gateway:
         self.state = state
         self.router.state.gateway = state
         self._chat = ChatCompletions(state)
-        seq, _ = await store.revocations_since(-1)
-        cursor = {"seq": seq}
+        await store.changes()  # the feed starts here
 
-        async def poll_revocations() -> None:
-            cursor["seq"], revoked = await store.revocations_since(cursor["seq"])
-            for key in revoked:
-                state.live.revoke(key)
+        async def follow_changes() -> None:
+            """Act on what any node changed: cut revoked connections' streams, forget a
+            rolled or disabled app's cached credentials. Wakes on the store's notice (at
+            once with PostgreSQL) or every ``CHANGES_POLL_S``."""
+            while True:
+                try:
+                    await store.wait_for_changes(at_most_s=CHANGES_POLL_S)
+                    for change in await store.changes():
+                        if change.kind == "revoked":
+                            state.live.revoke((change.app_id, change.user_id))
+                        elif change.kind in ("key_rolled", "app_disabled"):
+                            state.auth.forget_app(change.app_id)
+                except Exception:
+                    log.exception("reading the store's changes failed; retrying")
+                    await asyncio.sleep(CHANGES_POLL_S)
 
         async def reconcile() -> None:
             count = await store.reconcile_stale_holds(live_request_ids=chat.in_flight)
@@ -176,11 +186,15 @@ class Gateway:
 
         chat = self._chat
         lookups = Lookups(store, upstreams, chat.settler, self.metrics, funder=state.funder)
+        # A node's lease is renewed several times within it, and a dead node's holds are
+        # looked at within half a lease of its lapse.
+        lease = settings.store.lease_s
         tasks = [
             asyncio.create_task(lookups.run()),
-            asyncio.create_task(_every(HEARTBEAT_S, store.heartbeat, "heartbeat")),
-            asyncio.create_task(_every(RECONCILE_S, reconcile, "reconcile")),
-            asyncio.create_task(_every(REVOCATION_POLL_S, poll_revocations, "revocations")),
+            asyncio.create_task(_every(min(HEARTBEAT_S, lease / 4), store.heartbeat,
+                                       "heartbeat")),
+            asyncio.create_task(_every(min(RECONCILE_S, lease / 2), reconcile, "reconcile")),
+            asyncio.create_task(follow_changes()),
         ]
         gc_tuned = serving_gc() if self._tune_gc else contextlib.nullcontext()
         try:

@@ -8,9 +8,11 @@ Three kinds of bearer credential reach the gateway:
 
 Verified session tokens are cached until they expire, so the hot path checks a
 signature once per token, not once per request. App records are cached for a few
-seconds; a rolled key, or an app the operator disabled, is still refused at once: the
-store checks the app's key version and status inside the same transaction that takes the
-request's hold, and routes that take no hold look the app up afresh.
+seconds, and dropped as soon as any node rolls the app's key or disables it (the store's
+change feed, see :meth:`Authenticator.forget_app`); a rolled key, or an app the operator
+disabled, is still refused at once: the store checks the app's key version and status
+inside the same transaction that takes the request's hold, and routes that take no hold
+look the app up afresh.
 """
 
 from __future__ import annotations
@@ -116,6 +118,11 @@ def _check_status(app: App, error: type[InvalidApiKey] | type[InvalidSession]) -
         raise error("This app was deleted by the gateway's operator.")
 
 
+def _forget(cache: dict[K, tuple[App | None, float]], app_id: str) -> None:
+    for key in [k for k, (app, _) in cache.items() if app is not None and app.id == app_id]:
+        del cache[key]
+
+
 class Authenticator:
     """Verifies credentials against the store's app table. One per process."""
 
@@ -155,6 +162,14 @@ class Authenticator:
         if "session" not in allow:
             raise InvalidSession("A session token cannot be used on this route.")
         return await self._session(value, fresh=fresh)
+
+    def forget_app(self, app_id: str) -> None:
+        """Drop everything cached about an app (its key was rolled or it was disabled,
+        maybe on another node): its next credential is checked against the store."""
+        _forget(self._apps_by_pk, app_id)
+        _forget(self._apps_by_hash, app_id)
+        for token in [t for t, p in self._tokens.items() if p.app.id == app_id]:
+            del self._tokens[token]
 
     # -- app lookups (cached briefly) ---------------------------------------------------
 

@@ -78,6 +78,13 @@ class StoreSettings:
     backend: str = "sqlite"
     path: str = "wattfare.db"
     busy_timeout_ms: int = 5000
+    # PostgreSQL: the URL comes from the environment, never the file.
+    url_env: str = "WATTFARE_DATABASE_URL"
+    url: str = field(default="", repr=False)
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    # A node whose heartbeat is older than this is dead: the others settle its holds.
+    lease_s: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +316,10 @@ _KNOWN: dict[str, set[str]] = {
         "idle_timeout_s", "models_ttl_s", "max_connections", "transport",
     },
     "upstreams": set(),
-    "store": {"backend", "path", "busy_timeout_ms"},
+    "store": {
+        "backend", "path", "busy_timeout_ms", "url_env", "pool_min_size", "pool_max_size",
+        "lease_s",
+    },
     "metering": {
         "default_monthly_usd", "default_max_tokens", "min_completion_tokens",
         "extend_tokens", "checkpoint_interval_s",
@@ -331,6 +341,42 @@ def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     if unknown:
         raise ConfigError(f"{name}.{unknown[0]}: unknown key")
     return table
+
+
+def _store_settings(st: Mapping[str, Any], env: Mapping[str, str]) -> StoreSettings:
+    ds = StoreSettings()
+    backend = _choice("store", "backend", st.get("backend", ds.backend), ("sqlite", "postgres"))
+    url_env = _string("store", "url_env", st.get("url_env", ds.url_env))
+    url = ""
+    if backend == "postgres":
+        url = env.get(url_env, "")
+        if not url:
+            raise ConfigError(f"store.url_env: environment variable {url_env} is not set")
+        if urlsplit(url).scheme not in ("postgres", "postgresql"):
+            raise ConfigError(
+                f"store.url_env: {url_env} must be a postgresql:// URL"
+            )
+    pool_min = _integer("store", "pool_min_size", st.get("pool_min_size", ds.pool_min_size),
+                        minimum=1, maximum=1000)
+    pool_max = _integer("store", "pool_max_size", st.get("pool_max_size", ds.pool_max_size),
+                        minimum=1, maximum=1000)
+    if pool_max < pool_min:
+        raise ConfigError(
+            f"store.pool_max_size: must be at least pool_min_size ({pool_min}), got {pool_max}"
+        )
+    return StoreSettings(
+        backend=backend,
+        path=_string("store", "path", st.get("path", ds.path)),
+        busy_timeout_ms=_integer(
+            "store", "busy_timeout_ms", st.get("busy_timeout_ms", ds.busy_timeout_ms),
+            minimum=0, maximum=600_000,
+        ),
+        url_env=url_env,
+        url=url,
+        pool_min_size=pool_min,
+        pool_max_size=pool_max,
+        lease_s=_number("store", "lease_s", st.get("lease_s", ds.lease_s), minimum=2, strict=False),
+    )
 
 
 def settings_from_mapping(
@@ -402,16 +448,7 @@ def settings_from_mapping(
             )
         upstreams.append(named)
 
-    st = _section(raw, "store")
-    ds = StoreSettings()
-    store = StoreSettings(
-        backend=_choice("store", "backend", st.get("backend", ds.backend), ("sqlite",)),
-        path=_string("store", "path", st.get("path", ds.path)),
-        busy_timeout_ms=_integer(
-            "store", "busy_timeout_ms", st.get("busy_timeout_ms", ds.busy_timeout_ms),
-            minimum=0, maximum=600_000,
-        ),
-    )
+    store = _store_settings(_section(raw, "store"), env)
 
     m = _section(raw, "metering")
     dm = MeteringSettings()

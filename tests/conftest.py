@@ -1,11 +1,12 @@
-"""Shared fixtures: a real SQLite store in a temporary folder."""
+"""Shared fixtures: a real SQLite store in a temporary folder, and a PostgreSQL server."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pgcluster import database_url_for_tests
 
 from gateway.store.sqlite import SQLiteStore
 
@@ -18,3 +19,10 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
         yield s
     finally:
         await s.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL server's URL for the whole run (see :mod:`tests.pgcluster`)."""
+    with database_url_for_tests() as url:
+        yield url

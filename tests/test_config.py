@@ -21,6 +21,10 @@ def test_example_file_documents_the_defaults() -> None:
     assert example.server == defaults.server
     assert example.upstream == defaults.upstream
     assert example.metering == defaults.metering
+    assert example.store == defaults.store.__class__(
+        **{**{f: getattr(defaults.store, f) for f in defaults.store.__dataclass_fields__},
+           "path": example.store.path}
+    )
 
 
 def test_defaults_without_a_file() -> None:
@@ -48,6 +52,19 @@ def test_environment_names_the_config_file(tmp_path: Path) -> None:
 def test_default_cap_is_integer_nano_usd() -> None:
     settings = settings_from_mapping({"metering": {"default_monthly_usd": 2.5}}, environ={})
     assert settings.metering.default_monthly_nano == 25 * NANO_PER_USD // 10
+
+
+def test_postgres_takes_its_url_from_the_environment() -> None:
+    settings = settings_from_mapping(
+        {"store": {"backend": "postgres", "url_env": "DB", "pool_max_size": 20}},
+        environ={"DB": "postgresql://u:p@db:5432/wattfare"},
+    )
+    assert settings.store.url == "postgresql://u:p@db:5432/wattfare"
+    assert "u:p" not in repr(settings)  # the URL's password stays out of logs
+    assert (settings.store.pool_min_size, settings.store.pool_max_size) == (2, 20)
+    with pytest.raises(ConfigError, match=r"^store.url_env: DB must be a postgresql:// URL$"):
+        settings_from_mapping({"store": {"backend": "postgres", "url_env": "DB"}},
+                              environ={"DB": "mysql://x"})
 
 
 @pytest.mark.parametrize(
@@ -93,6 +110,11 @@ def test_default_cap_is_integer_nano_usd() -> None:
         pytest.param({"server": {"max_header_bytes": 10}}, "server.max_header_bytes", id="hb"),
         pytest.param({"sever": {}}, "sever", id="unknown-section"),
         pytest.param({"store": "x"}, "store", id="not-a-table"),
+        pytest.param({"store": {"backend": "postgres"}}, "store.url_env", id="no-url"),
+        pytest.param({"store": {"pool_min_size": 0}}, "store.pool_min_size", id="pool-min"),
+        pytest.param({"store": {"pool_min_size": 5, "pool_max_size": 2}},
+                     "store.pool_max_size", id="pool-order"),
+        pytest.param({"store": {"lease_s": 1}}, "store.lease_s", id="lease"),
     ],
 )
 def test_a_wrong_value_names_its_key_in_one_line(raw: dict[str, Any], key: str) -> None:

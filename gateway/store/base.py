@@ -242,6 +242,16 @@ class PendingLookup:
 
 
 @dataclass(frozen=True, slots=True)
+class Change:
+    """One recorded change (see :class:`ChangeFeed`); ``user_id`` is "" for an app's."""
+
+    seq: int
+    kind: str
+    app_id: str
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Charge:
     charged_nano: int
     operator_nano: int
@@ -473,8 +483,9 @@ class MeteringStore(Protocol):
         """The connection and its spend in ``period`` (None: the store's current month)."""
         ...
 
-    async def revoke(self, app_id: str, user_id: str) -> bool: ...
-    async def revocations_since(self, seq: int) -> tuple[int, list[tuple[str, str]]]: ...
+    async def revoke(self, app_id: str, user_id: str) -> bool:
+        """Revoke the connection (a "revoked" change); False if there is none."""
+        ...
 
     async def reserve(self, req: HoldRequest) -> Hold: ...
     async def extend(self, hold_id: str, *, add_nano: int, used_nano: int) -> Extension: ...
@@ -687,12 +698,36 @@ class SecretStore(Protocol):
     async def secret(self, name: str, *, size: int = 32) -> bytes: ...
 
 
+class ChangeFeed(Protocol):
+    """Changes any node made that every node must act on: ``revoked`` (cut the
+    connection's streams), ``key_rolled`` and ``app_disabled`` (forget cached
+    credentials of the app), ``cap`` and ``connected`` (nothing cached: for the record).
+    Recorded in the same transaction as the change itself."""
+
+    async def changes(self) -> list[Change]:
+        """The changes recorded since the previous call, oldest first; the first call
+        starts the feed and returns none."""
+        ...
+
+    async def wait_for_changes(self, *, at_most_s: float) -> None:
+        """Return once a change may have been recorded (another node's notice), or after
+        ``at_most_s`` seconds."""
+        ...
+
+
 class ChatStore(MeteringStore, AppStore, Protocol):
     """What the chat path needs: apps and keys, and the money."""
 
 
 class Store(
-    MeteringStore, AppStore, AppAdminStore, AccountStore, ReportStore, SecretStore, Protocol
+    MeteringStore,
+    AppStore,
+    AppAdminStore,
+    AccountStore,
+    ReportStore,
+    SecretStore,
+    ChangeFeed,
+    Protocol,
 ):
     """What every backend provides. All methods are safe to call concurrently."""
 

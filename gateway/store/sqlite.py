@@ -37,8 +37,8 @@ import aiosqlite
 import orjson
 
 from gateway.keys import Mode, generate_key_pair, secret_key_hash
-from gateway.store.base import App, NewApp, StoreError, UnknownApp
-from gateway.store.sqlite_accounts import AccountsMixin, transaction
+from gateway.store.base import App, Change, NewApp, StoreError, UnknownApp
+from gateway.store.sqlite_accounts import AccountsMixin, record_event, transaction
 from gateway.store.sqlite_admin import APP_COLUMNS as _APP_COLUMNS
 from gateway.store.sqlite_admin import AdminMixin
 from gateway.store.sqlite_admin import app_of as _app
@@ -126,6 +126,7 @@ class SQLiteStore(MeteringMixin, AccountsMixin, FundingMixin, AdminMixin):
         self.checkpoint_interval_s = CHECKPOINT_INTERVAL_S
         self.wal_restart_frames = WAL_RESTART_FRAMES
         self._wal_restart_due = False  # set by the checkpointer, acted on by _drain
+        self._cursor: int | None = None  # the change feed's
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -398,6 +399,32 @@ class SQLiteStore(MeteringMixin, AccountsMixin, FundingMixin, AdminMixin):
             (dead if gone else live).append(inst_id)
         return live, dead
 
+    # -- the change feed ------------------------------------------------------------------
+
+    async def changes(self) -> list[Change]:
+        # One writer at a time: sequence numbers commit in order, so a cursor suffices.
+        if self._cursor is None:
+            top = await self._run(
+                lambda c: c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+            )
+            self._cursor = int(top[0])
+            return []
+        cursor = self._cursor
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT seq, kind, app_id, user_id FROM events WHERE seq > ? "
+                "ORDER BY seq LIMIT 1000",
+                (cursor,),
+            ).fetchall()
+        )
+        if rows:
+            self._cursor = int(rows[-1][0])
+        return [Change(*r) for r in rows]
+
+    async def wait_for_changes(self, *, at_most_s: float) -> None:
+        # No notices between processes on one file: the poller reads every interval.
+        await asyncio.sleep(at_most_s)
+
     def _live_instances(self, conn: sqlite3.Connection) -> list[str]:
         return self._instances(conn)[0]
 
@@ -460,12 +487,13 @@ class SQLiteStore(MeteringMixin, AccountsMixin, FundingMixin, AdminMixin):
                     key_version=old.key_version + 1, origins=old.origins,
                     status=old.status, created_at=old.created_at,
                 )
+                now = int(self.clock())
                 conn.execute(
                     "UPDATE apps SET publishable_key = ?, secret_hash = ?, key_version = ?, "
                     "updated_at = ? WHERE id = ?",
-                    (new.publishable_key, new.secret_hash, new.key_version,
-                     int(time.time()), old.id),
+                    (new.publishable_key, new.secret_hash, new.key_version, now, old.id),
                 )
+                record_event(conn, "key_rolled", old.id, "", now)
                 return NewApp(app=new, keys=keys)
 
             return transaction(conn, body)

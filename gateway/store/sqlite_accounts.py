@@ -58,6 +58,17 @@ def transaction(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
     return result
 
 
+def record_event(
+    conn: sqlite3.Connection, kind: str, app_id: str, user_id: str, now: int
+) -> None:
+    """A change every process must act on (see :class:`gateway.store.base.ChangeFeed`),
+    in the transaction that made it."""
+    conn.execute(
+        "INSERT INTO events (kind, app_id, user_id, created_at) VALUES (?, ?, ?, ?)",
+        (kind, app_id, user_id, now),
+    )
+
+
 class AccountsMixin:
     """Accounts, sessions, consent links and dashboard queries for the SQLite store."""
 
@@ -261,6 +272,7 @@ class AccountsMixin:
                 (now, outcome, id_hash),
             )
             if approve:
+                record_event(conn, "connected", consent.app_id, consent.user_id, now)
                 # A test-mode approval (no account) keeps whatever account the connection
                 # had; a person's approval makes it theirs.
                 conn.execute(
@@ -307,14 +319,17 @@ class AccountsMixin:
         self, account_id: str, *, app_id: str, user_id: str, cap_nano: int
     ) -> bool:
         def update(conn: sqlite3.Connection) -> bool:
+            now = int(time.time())
             cur = conn.execute(
                 "UPDATE connections SET cap_nano = ?, updated_at = ? "
                 "WHERE app_id = ? AND user_id = ? AND account_id = ?",
-                (cap_nano, int(time.time()), app_id, user_id, account_id),
+                (cap_nano, now, app_id, user_id, account_id),
             )
+            if cur.rowcount:
+                record_event(conn, "cap", app_id, user_id, now)
             return cur.rowcount > 0
 
-        return await self._run(update)
+        return await self._run(lambda c: transaction(c, lambda: update(c)))
 
     async def account_requests(self, account_id: str, *, limit: int = 20) -> list[RequestSummary]:
         rows = await self._run(

@@ -28,7 +28,7 @@ from gateway.store.base import (
     Settlement,
     period_of,
 )
-from gateway.store.sqlite_accounts import transaction
+from gateway.store.sqlite_accounts import record_event, transaction
 
 T = TypeVar("T")
 
@@ -143,11 +143,7 @@ class MeteringMixin:
                     (now, app_id, user_id),
                 )
                 if cur.rowcount:
-                    conn.execute(
-                        "INSERT INTO events (kind, app_id, user_id, created_at) "
-                        "VALUES ('revoked', ?, ?, ?)",
-                        (app_id, user_id, now),
-                    )
+                    record_event(conn, "revoked", app_id, user_id, now)
                     return True
                 exists = conn.execute(
                     "SELECT 1 FROM connections WHERE app_id = ? AND user_id = ?",
@@ -158,23 +154,6 @@ class MeteringMixin:
             return transaction(conn, body)
 
         return await self._run(revoke)
-
-    async def revocations_since(self, seq: int) -> tuple[int, list[tuple[str, str]]]:
-        rows = await self._run(
-            lambda c: c.execute(
-                "SELECT seq, app_id, user_id FROM events WHERE seq > ? AND kind = 'revoked' "
-                "ORDER BY seq LIMIT 1000",
-                (seq,),
-            ).fetchall()
-        )
-        if not rows:
-            if seq < 0:
-                top = await self._run(
-                    lambda c: c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-                )
-                return int(top[0]), []
-            return seq, []
-        return int(rows[-1][0]), [(r[1], r[2]) for r in rows]
 
     # -- money ----------------------------------------------------------------------------
 

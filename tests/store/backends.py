@@ -5,10 +5,14 @@ tables directly, and make an instance look dead."""
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+import asyncpg
+
 from gateway.store.base import Store
+from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 
 
@@ -55,6 +59,45 @@ class SQLiteBackend:
         await self.execute(
             f"UPDATE instances SET pid = {2**22 + 7} WHERE id = '{store.instance_id}'"  # noqa: S608 (test-made id)
         )
+
+
+class PostgresBackend:
+    """A schema of its own on the test server, dropped afterwards."""
+
+    name = "postgres"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.schema = "test_" + uuid.uuid4().hex[:12]
+
+    def new_store(self) -> Store:
+        return PostgresStore(self.url, schema=self.schema, min_size=1, max_size=4)
+
+    async def _connection(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.url, server_settings={"search_path": self.schema})
+
+    async def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        con = await self._connection()
+        try:
+            return [tuple(r) for r in await con.fetch(sql)]
+        finally:
+            await con.close()
+
+    async def execute(self, sql: str) -> None:
+        con = await self._connection()
+        try:
+            await con.execute(sql)
+        finally:
+            await con.close()
+
+    async def kill(self, store: Store) -> None:
+        assert isinstance(store, PostgresStore)
+        # Its lease lapsed an hour ago, by the database's clock.
+        lapsed = "heartbeat_at = heartbeat_at - 3600"
+        await self.execute(f"UPDATE instances SET {lapsed} WHERE id = '{store.instance_id}'")  # noqa: S608 (test-made id)
+
+    async def drop(self) -> None:
+        await self.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
 
 
 async def assert_consistent(backend: Backend) -> None:

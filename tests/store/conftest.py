@@ -9,14 +9,21 @@ import pytest
 
 from gateway.store.base import Store
 
-from .backends import Backend, SQLiteBackend
+from .backends import Backend, PostgresBackend, SQLiteBackend
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return SQLiteBackend(tmp_path)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        yield SQLiteBackend(tmp_path)
+        return
+    pg = PostgresBackend(request.getfixturevalue("pg_url"))
+    try:
+        yield pg
+    finally:
+        await pg.drop()
 
 
 @pytest.fixture

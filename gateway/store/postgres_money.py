@@ -1,0 +1,366 @@
+"""The PostgreSQL store's metering half: connections, holds, settlement, deferred
+look-ups and reconciliation.
+
+Each money step reads the rows it depends on (one round trip, no lock), asks
+:mod:`gateway.store.rules` what to do, and hands the decision with the values it was made
+on to the step's plpgsql function (:mod:`gateway.store.postgres_schema`), which locks
+those rows, writes the decision if they are unchanged, and otherwise returns what it
+found: the step decides again on that (no second read). A step is one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, TypeVar
+
+import asyncpg
+
+from gateway.store import rules
+from gateway.store.base import (
+    ORPHAN_AFTER_S,
+    Charge,
+    ConnectionState,
+    Extension,
+    Hold,
+    HoldRequest,
+    LedgerRow,
+    PendingLookup,
+    Settlement,
+    StoreError,
+)
+from gateway.store.sqlite_money import reconciled, settlement_json, settlement_of
+
+T = TypeVar("T")
+
+log = logging.getLogger("wattfare.store")
+
+# A step decided again this many times in a row (every time the rows it depends on
+# changed under it) gives up; under any real contention a few suffice.
+MAX_ATTEMPTS = 50
+# Deadlocks and serialisation failures are retried from the start.
+_RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+_LEDGER_COLUMNS = (
+    "request_id, app_id, user_id, period, model, prompt_tokens, completion_tokens, cost_nano, "
+    "upstream_cost_nano, operator_nano, cost_source, status, http_status, error_code, ttfb_ms, "
+    "duration_ms, generation_id, created_at, funded_by"
+)
+
+# What a reserve depends on, as wattfare_reserve() reads it (no connection: no spend).
+_RESERVE_READ = """
+SELECT wattfare_period(), a.key_version, a.status, c.cap_nano, c.status, c.account_id,
+    CASE WHEN c.status IS NULL THEN 0 ELSE COALESCE(s.settled_nano, 0) END,
+    CASE WHEN c.status IS NULL THEN 0 ELSE COALESCE(s.held_nano, 0) END,
+    CASE WHEN c.account_id IS NULL THEN NULL ELSE COALESCE(b.budget_nano, 0) END,
+    CASE WHEN c.account_id IS NULL THEN NULL ELSE COALESCE(bs.settled_nano, 0) END,
+    CASE WHEN c.account_id IS NULL THEN NULL ELSE COALESCE(bs.held_nano, 0) END
+FROM (SELECT 1) AS one
+LEFT JOIN apps a ON a.id = $1
+LEFT JOIN connections c ON c.app_id = $1 AND c.user_id = $2
+LEFT JOIN spend s ON s.app_id = $1 AND s.user_id = $2 AND s.period = wattfare_period()
+LEFT JOIN accounts b ON b.id = c.account_id
+LEFT JOIN account_spend bs ON bs.account_id = c.account_id AND bs.period = wattfare_period()
+"""
+
+# What an extension or a settlement depends on.
+_HOLD_READ = """
+SELECT h.amount_nano, COALESCE(c.cap_nano, 0), c.status, s.settled_nano, s.held_nano,
+    CASE WHEN h.account_id IS NULL THEN NULL ELSE COALESCE(b.budget_nano, 0) END,
+    bs.settled_nano, bs.held_nano
+FROM holds h
+LEFT JOIN connections c ON c.app_id = h.app_id AND c.user_id = h.user_id
+JOIN spend s ON s.app_id = h.app_id AND s.user_id = h.user_id AND s.period = h.period
+LEFT JOIN accounts b ON b.id = h.account_id
+LEFT JOIN account_spend bs ON bs.account_id = h.account_id AND bs.period = h.period
+WHERE h.id = $1
+"""
+
+_HOLD_FIELDS = "id, request_id, model, used_nano, created_at, generation_id"
+
+
+def _account(budget: int | None, settled: int | None, held: int | None) -> rules.Pool | None:
+    return None if budget is None else rules.Pool(budget, settled or 0, held or 0)
+
+
+class MeteringMixin:
+    """Connections, holds, the ledger and reconciliation for the PostgreSQL store."""
+
+    instance_id: str
+    lease_s: float
+    @property
+    def pool(self) -> asyncpg.Pool:
+        raise NotImplementedError  # provided by PostgresStore
+
+    async def _live_instances(self, con: Any) -> list[str]:
+        raise NotImplementedError  # provided by PostgresStore
+
+    @staticmethod
+    async def _retrying(step: Callable[[], Awaitable[T]]) -> T:
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                return await step()
+            except _RETRYABLE:
+                continue
+        return await step()
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def connection(
+        self, app_id: str, user_id: str, period: str | None = None
+    ) -> ConnectionState | None:
+        row = await self.pool.fetchrow(
+            "SELECT c.status, c.cap_nano, COALESCE(s.settled_nano, 0), "
+            "COALESCE(s.held_nano, 0), c.account_id, p.period, COALESCE(b.budget_nano, 0), "
+            "COALESCE(bs.settled_nano, 0), COALESCE(bs.held_nano, 0) "
+            "FROM (SELECT COALESCE($3, wattfare_period()) AS period) p "
+            "JOIN connections c ON c.app_id = $1 AND c.user_id = $2 "
+            "LEFT JOIN spend s ON s.app_id = c.app_id AND s.user_id = c.user_id "
+            "AND s.period = p.period "
+            "LEFT JOIN accounts b ON b.id = c.account_id "
+            "LEFT JOIN account_spend bs ON bs.account_id = c.account_id "
+            "AND bs.period = p.period",
+            app_id, user_id, period,
+        )
+        if row is None:
+            return None
+        room = None if row[4] is None else rules.Pool(row[6], row[7], row[8]).room()
+        return ConnectionState(
+            app_id=app_id, user_id=user_id, status=row[0], cap_nano=row[1],
+            settled_nano=row[2], held_nano=row[3], period=row[5], account_room_nano=room,
+        )
+
+    async def revoke(self, app_id: str, user_id: str) -> bool:
+        row = await self.pool.fetchrow(
+            "WITH r AS (UPDATE connections SET status = 'revoked', updated_at = wattfare_now() "
+            "  WHERE app_id = $1 AND user_id = $2 AND status <> 'revoked' "
+            "  RETURNING app_id, user_id), "
+            "e AS (INSERT INTO events (kind, app_id, user_id, created_at) "
+            "  SELECT 'revoked', app_id, user_id, wattfare_now() FROM r RETURNING 1) "
+            "SELECT (SELECT count(*) FROM e), "
+            "EXISTS (SELECT 1 FROM connections WHERE app_id = $1 AND user_id = $2)",
+            app_id, user_id,
+        )
+        assert row is not None
+        return bool(row[0] or row[1])
+
+    # -- money ----------------------------------------------------------------------------
+
+    async def reserve(self, req: HoldRequest) -> Hold:
+        return await self._retrying(lambda: self._reserve(req))
+
+    async def _reserve(self, req: HoldRequest) -> Hold:
+        # One connection for the whole step: the values read stay as fresh as one round
+        # trip (waiting for the pool between the read and the write would age them).
+        async with self.pool.acquire() as con:
+            return await self._reserve_on(con, req)
+
+    async def _reserve_on(self, con: Any, req: HoldRequest) -> Hold:
+        seen = await con.fetchrow(_RESERVE_READ, req.app_id, req.user_id)
+        assert seen is not None
+        period = seen[0]
+        snapshot = tuple(seen[1:])
+        hold_id = "hold_" + req.request_id  # request ids are unique
+        for _ in range(MAX_ATTEMPTS):
+            version, app_status, cap, status, account_id, settled, held, *account = snapshot
+            admitted = rules.admit(  # raises a refusal before anything is written
+                req, app_key_version=version, app_status=app_status,
+                conn=None if status is None else rules.ConnectionRow(cap, status, account_id),
+                settled_nano=settled, held_nano=held, account=_account(*account),
+            )
+            row = await con.fetchrow(
+                "SELECT * FROM wattfare_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
+                "$12, $13, $14, $15, $16, $17, $18, $19, $20)",
+                req.app_id, req.user_id, period, hold_id, req.request_id, req.model,
+                self.instance_id, *snapshot,
+                admitted.amount_nano, admitted.cap_nano, admitted.write,
+            )
+            assert row is not None
+            if row[0]:
+                return Hold(id=hold_id, amount_nano=admitted.amount_nano, period=period)
+            snapshot = tuple(row[1:])
+        raise StoreError(f"reserve for {req.user_id!r} kept changing under it")
+
+    async def extend(self, hold_id: str, *, add_nano: int, used_nano: int) -> Extension:
+        if add_nano <= 0:  # a checkpoint only: nothing to decide but whether it is revoked
+            status = await self.pool.fetchval(
+                "UPDATE holds h SET used_nano = GREATEST(h.used_nano, $2), "
+                "updated_at = wattfare_now() WHERE h.id = $1 RETURNING "
+                "(SELECT c.status FROM connections c "
+                " WHERE c.app_id = h.app_id AND c.user_id = h.user_id)",
+                hold_id, max(0, used_nano),
+            )
+            if status is None:
+                return Extension(granted_nano=0, revoked=False)
+            return rules.grant(0, status=status, cap=rules.Pool(0, 0, 0), account=None)
+        return await self._retrying(lambda: self._extend(hold_id, add_nano, used_nano))
+
+    async def _extend(self, hold_id: str, add_nano: int, used_nano: int) -> Extension:
+        async with self.pool.acquire() as con:
+            return await self._extend_on(con, hold_id, add_nano, used_nano)
+
+    async def _extend_on(
+        self, con: Any, hold_id: str, add_nano: int, used_nano: int
+    ) -> Extension:
+        seen = await con.fetchrow(_HOLD_READ, hold_id)
+        if seen is None or seen[2] is None:
+            return Extension(granted_nano=0, revoked=False)
+        snapshot = tuple(seen[1:])
+        for _ in range(MAX_ATTEMPTS):
+            cap, status, settled, held, *account = snapshot
+            if status is None:  # settled meanwhile
+                return Extension(granted_nano=0, revoked=False)
+            extension = rules.grant(add_nano, status=status,
+                                    cap=rules.Pool(cap, settled, held), account=_account(*account))
+            row = await con.fetchrow(
+                "SELECT * FROM wattfare_extend($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                hold_id, max(0, used_nano), *snapshot, extension.granted_nano,
+            )
+            assert row is not None
+            if row[0]:
+                return extension
+            snapshot = tuple(row[1:])
+        raise StoreError(f"extension of {hold_id!r} kept changing under it")
+
+    async def note_generation(self, hold_id: str, generation_id: str) -> None:
+        await self.pool.execute(
+            "UPDATE holds SET generation_id = $2 WHERE id = $1", hold_id, generation_id
+        )
+
+    async def settle(self, settlement: Settlement) -> Charge | None:
+        return await self._retrying(lambda: self._settle(settlement))
+
+    async def _settle(self, s: Settlement) -> Charge | None:
+        async with self.pool.acquire() as con:
+            return await self._settle_on(con, s)
+
+    async def _settle_on(self, con: Any, s: Settlement) -> Charge | None:
+        seen = await con.fetchrow(_HOLD_READ, s.hold_id)
+        if seen is None:
+            return None  # settled already: settling is idempotent
+        amount, cap, _, settled, held, *account = seen
+        snapshot: tuple[Any, ...] = (amount, cap, settled, held, *account)
+        for _ in range(MAX_ATTEMPTS):
+            amount, cap, settled, held, *account = snapshot
+            charge = rules.charge(s.cost_nano, hold_nano=amount,
+                                  cap=rules.Pool(cap, settled, held), account=_account(*account))
+            row = await con.fetchrow(
+                "SELECT * FROM wattfare_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
+                "$12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+                s.hold_id, s.request_id, s.model, s.prompt_tokens, s.completion_tokens,
+                s.cost_nano, s.cost_source, s.status, s.http_status, s.error_code, s.ttfb_ms,
+                s.duration_ms, s.generation_id, s.funded_by, *snapshot,
+                charge.charged_nano, charge.operator_nano,
+            )
+            assert row is not None
+            if row[0]:
+                return charge
+            if row[1]:
+                return None  # another node settled it first
+            snapshot = tuple(row[2:])
+        raise StoreError(f"settlement of {s.hold_id!r} kept changing under it")
+
+    # -- deferred settlements: the upstream's own record, looked up afterwards ------------
+
+    async def defer(self, settlement: Settlement, *, retry_in_s: float) -> None:
+        await self.pool.execute(
+            "UPDATE holds SET settlement = $2, due_at = extract(epoch FROM now()) + $3, "
+            "updated_at = wattfare_now(), generation_id = COALESCE($4, generation_id) "
+            "WHERE id = $1",
+            settlement.hold_id, settlement_json(settlement), float(retry_in_s),
+            settlement.generation_id,
+        )
+
+    async def claim_lookups(self, *, limit: int, lease_s: float) -> list[PendingLookup]:
+        async with self.pool.acquire() as con, con.transaction():
+            now = float(await con.fetchval("SELECT extract(epoch FROM now())"))
+            live = await self._live_instances(con)
+            # Holds a dead node left with a generation id: deferred, due now.
+            for hold in await con.fetch(
+                f"SELECT {_HOLD_FIELDS} FROM holds WHERE settlement IS NULL "  # noqa: S608 (constant columns)
+                "AND generation_id IS NOT NULL AND NOT (instance_id = ANY($1)) "
+                "FOR UPDATE SKIP LOCKED",
+                live,
+            ):
+                await con.execute(
+                    "UPDATE holds SET settlement = $2, due_at = $3 WHERE id = $1",
+                    hold[0], settlement_json(reconciled(tuple(hold), now)), now,
+                )
+            rows = await con.fetch(
+                "UPDATE holds SET instance_id = $1, due_at = $2 + $3 WHERE id IN ("
+                "  SELECT id FROM holds WHERE settlement IS NOT NULL "
+                "  AND generation_id IS NOT NULL AND due_at <= $2 "
+                "  ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED) "
+                "RETURNING id, request_id, generation_id, attempts, settlement",
+                self.instance_id, now, float(lease_s), limit,
+            )
+        return [
+            PendingLookup(hold_id=r[0], request_id=r[1], generation_id=r[2], attempts=r[3],
+                          fallback=settlement_of(r[4]))
+            for r in rows
+        ]
+
+    async def retry_lookup(self, hold_id: str, *, retry_in_s: float) -> None:
+        await self.pool.execute(
+            "UPDATE holds SET attempts = attempts + 1, "
+            "due_at = extract(epoch FROM now()) + $2 WHERE id = $1",
+            hold_id, float(retry_in_s),
+        )
+
+    # -- reconciliation -------------------------------------------------------------------
+
+    async def reconcile_stale_holds(self, *, live_request_ids: Collection[str] = ()) -> int:
+        live_requests = frozenset(live_request_ids)
+        pool = self.pool
+        now = float(await pool.fetchval("SELECT extract(epoch FROM now())"))
+        live = await self._live_instances(pool)
+        lost = await pool.fetch(
+            f"SELECT {_HOLD_FIELDS} FROM holds WHERE settlement IS NULL "  # noqa: S608 (constant columns)
+            "AND generation_id IS NULL AND NOT (instance_id = ANY($1))",
+            live,
+        )
+        # This node's own orphans: not deferred, their request no longer running, untouched
+        # for a while (a stream's checkpoints touch its hold).
+        orphans = [
+            hold for hold in await pool.fetch(
+                f"SELECT {_HOLD_FIELDS} FROM holds WHERE settlement IS NULL "  # noqa: S608 (constant columns)
+                "AND instance_id = $1 AND updated_at < $2",
+                self.instance_id, int(now - ORPHAN_AFTER_S),
+            )
+            if hold[1] not in live_requests
+        ]
+        # Deferred without a generation id to look up: settle to the fall-back once due.
+        stuck = await pool.fetch(
+            "SELECT settlement FROM holds WHERE settlement IS NOT NULL "
+            "AND generation_id IS NULL AND due_at <= $1",
+            now,
+        )
+        count = 0
+        for hold in [*lost, *(h for h in orphans if h[5] is None)]:
+            count += await self.settle(reconciled(tuple(hold), now)) is not None
+        for (text,) in stuck:
+            count += await self.settle(settlement_of(text)) is not None
+        for hold in orphans:
+            if hold[5] is not None:  # the upstream keeps a record: look it up
+                done = await pool.execute(
+                    "UPDATE holds SET settlement = $2, due_at = $3 "
+                    "WHERE id = $1 AND settlement IS NULL",
+                    hold[0], settlement_json(reconciled(tuple(hold), now)), now,
+                )
+                count += done == "UPDATE 1"
+        await pool.execute(
+            "DELETE FROM instances WHERE heartbeat_at < wattfare_now() - $1 AND id <> $2",
+            int(self.lease_s), self.instance_id,
+        )
+        return count
+
+    async def open_holds(self) -> int:
+        return int(await self.pool.fetchval("SELECT count(*) FROM holds"))
+
+    async def ledger(self, app_id: str, user_id: str, *, limit: int = 100) -> list[LedgerRow]:
+        rows = await self.pool.fetch(
+            f"SELECT {_LEDGER_COLUMNS} FROM ledger "  # noqa: S608 (constant columns)
+            "WHERE app_id = $1 AND user_id = $2 ORDER BY id DESC LIMIT $3",
+            app_id, user_id, limit,
+        )
+        return [LedgerRow(*r) for r in rows]
