@@ -3,7 +3,7 @@
 ``--config FILE`` is accepted before the command or after it; without it
 ``$WATTFARE_CONFIG``; without that, the built-in defaults. Each command group lives in
 its own module: :mod:`gateway.cli.apps`, :mod:`gateway.cli.accounts`,
-:mod:`gateway.cli.usage`; ``serve`` runs :mod:`gateway.server`.
+:mod:`gateway.cli.usage`, :mod:`gateway.cli.store`; ``serve`` runs :mod:`gateway.server`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 import gateway
-from gateway.cli import accounts, apps, funding, usage
+from gateway.cli import accounts, apps, funding, store, usage
 from gateway.cli.common import config_arg
 from gateway.config import ConfigError, load_settings
 
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     accounts.add_parser(commands)
     usage.add_parser(commands)
     funding.add_parser(commands)
+    store.add_parser(commands)
 
     demo = commands.add_parser("demo", help="gateway + simulated upstream + a test app")
     demo.add_argument("--port", type=int, default=8787, help="gateway port")
@@ -100,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(usage.run(settings, ns))
     if ns.command == "funding":
         return asyncio.run(funding.rotate_kek(settings))
+    if ns.command == "store":
+        return asyncio.run(store.run(settings))
     from gateway.demo import run_demo
 
     return run_demo(

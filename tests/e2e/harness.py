@@ -149,6 +149,22 @@ class GatewayConfig:
     # by [upstream.prices] at the fake's own list prices.
     upstream_kind: str = "openrouter"
     extra: str = ""  # more TOML tables, appended as they are
+    # A PostgreSQL URL: the gateway's store is that database (several may share it).
+    database_url: str = ""
+    lease_s: float = 20.0
+
+    def store_toml(self, db: Path) -> str:
+        if self.database_url:
+            return f'[store]\nbackend = "postgres"\nlease_s = {self.lease_s}\n'
+        return f'[store]\npath = "{db}"\n'
+
+    def env(self) -> dict[str, str]:
+        """The environment the gateway and its command line run with."""
+        env = {**os.environ, "OPENROUTER_API_KEY": OPERATOR_KEY, "WATTFARE_FUNDING_KEK": KEK}
+        env.pop("WATTFARE_CONFIG", None)
+        if self.database_url:
+            env["WATTFARE_DATABASE_URL"] = self.database_url
+        return env
 
     def toml(self, *, port: int, upstream_api: str, db: Path) -> str:
         return (
@@ -165,9 +181,8 @@ class GatewayConfig:
             f"idle_timeout_s = {self.idle_timeout_s}\n"
             f'transport = "{self.transport}"\n'
             + (_fake_prices() if self.upstream_kind == "openai" else "")
-            + "[store]\n"
-            f'path = "{db}"\n'
-            "[metering]\n"
+            + self.store_toml(db)
+            + "[metering]\n"
             f"default_monthly_usd = {self.default_monthly_usd}\n"
             f"checkpoint_interval_s = {self.checkpoint_interval_s}\n"
             + self.extra
@@ -195,7 +210,9 @@ class AppKeys:
     secret_key: str
 
 
-def cli(*args: str, config: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, config: Path, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``wattfare ARGS --config FILE`` to completion."""
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args, "--config", str(config)],
@@ -203,7 +220,7 @@ def cli(*args: str, config: Path, timeout: float = 30) -> subprocess.CompletedPr
         text=True,
         timeout=timeout,
         check=False,
-        env={**os.environ, "WATTFARE_FUNDING_KEK": KEK},
+        env={**(os.environ if env is None else env), "WATTFARE_FUNDING_KEK": KEK},
     )
 
 
@@ -257,8 +274,7 @@ class Gateway:
         self.config_path.write_text(
             self.config.toml(port=self.port, upstream_api=self.upstream_api, db=self.db)
         )
-        env = {**os.environ, "OPENROUTER_API_KEY": OPERATOR_KEY, "WATTFARE_FUNDING_KEK": KEK}
-        env.pop("WATTFARE_CONFIG", None)
+        env = self.config.env()
         with self.log.open("ab") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path)],
@@ -281,10 +297,11 @@ class Gateway:
         args = ["apps", "create", name, *(["--live"] if live else [])]
         for origin in origins:
             args += ["--origin", origin]
-        return _keys(cli(*args, config=self.config_path))
+        return _keys(cli(*args, config=self.config_path, env=self.config.env()))
 
     def roll_key(self, app: str) -> AppKeys:
-        return _keys(cli("apps", "roll-key", app, config=self.config_path))
+        return _keys(cli("apps", "roll-key", app, config=self.config_path,
+                         env=self.config.env()))
 
 
 # -- the store, read directly -----------------------------------------------------------
