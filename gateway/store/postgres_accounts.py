@@ -12,6 +12,7 @@ import uuid
 import asyncpg
 
 from gateway.store.base import (
+    DELETED_PASSWORD_HASH,
     Account,
     AccountConnection,
     AccountExists,
@@ -19,6 +20,8 @@ from gateway.store.base import (
     Consent,
     ConsentGone,
     RequestSummary,
+    UsageRow,
+    deleted_email,
 )
 
 _ACCOUNT_COLUMNS = "id, email, password_hash, budget_nano, created_at"
@@ -107,6 +110,43 @@ class AccountsMixin:
 
     async def delete_web_session(self, token_hash: bytes) -> None:
         await self.pool.execute("DELETE FROM web_sessions WHERE token_hash = $1", token_hash)
+
+    async def end_web_sessions(self, account_id: str) -> int:
+        done = await self.pool.execute(
+            "DELETE FROM web_sessions WHERE account_id = $1", account_id
+        )
+        return int(done.split()[-1])
+
+    async def set_password(self, account_id: str, password_hash: str) -> int:
+        async with self.pool.acquire() as con, con.transaction():
+            await con.execute(
+                "UPDATE accounts SET password_hash = $2, updated_at = wattfare_now() "
+                "WHERE id = $1",
+                account_id, password_hash,
+            )
+            done = await con.execute("DELETE FROM web_sessions WHERE account_id = $1",
+                                     account_id)
+        return int(done.split()[-1])
+
+    async def delete_account(self, account_id: str) -> list[tuple[str, str]]:
+        async with self.pool.acquire() as con, con.transaction():
+            revoked = await con.fetch(
+                "UPDATE connections SET status = 'revoked', updated_at = wattfare_now() "
+                "WHERE account_id = $1 AND status <> 'revoked' RETURNING app_id, user_id",
+                account_id,
+            )
+            await con.executemany(
+                "INSERT INTO events (kind, app_id, user_id, created_at) "
+                "VALUES ('revoked', $1, $2, wattfare_now())",
+                [(r[0], r[1]) for r in revoked],
+            )
+            await con.execute("DELETE FROM web_sessions WHERE account_id = $1", account_id)
+            await con.execute(
+                "UPDATE accounts SET email = $2, password_hash = $3, "
+                "updated_at = wattfare_now() WHERE id = $1",
+                account_id, deleted_email(account_id), DELETED_PASSWORD_HASH,
+            )
+        return sorted((str(r[0]), str(r[1])) for r in revoked)
 
     # -- consent links ----------------------------------------------------------------------
 
@@ -230,6 +270,19 @@ class AccountsMixin:
             account_id, since,
         )
         return [(r[0], r[1], int(r[2])) for r in rows]
+
+    async def account_usage(
+        self, account_id: str, *, after: int = 0, limit: int = 1000, period: str | None = None
+    ) -> list[UsageRow]:
+        rows = await self.pool.fetch(
+            "SELECT l.id, l.request_id, l.created_at, l.app_id, COALESCE(a.name, ''), "
+            "l.user_id, l.period, l.model, l.prompt_tokens, l.completion_tokens, "
+            "l.cost_nano, l.status FROM ledger l LEFT JOIN apps a ON a.id = l.app_id "
+            "WHERE l.account_id = $1 AND l.id > $2 AND ($3::text IS NULL OR l.period = $3) "
+            "ORDER BY l.id LIMIT $4",
+            account_id, after, period, limit,
+        )
+        return [UsageRow(*r) for r in rows]
 
     # -- secrets ----------------------------------------------------------------------------
 

@@ -84,10 +84,14 @@ class EventsMixin:
 
     async def changes(self) -> list[Change]:
         now = await self.pool.fetchval("SELECT wattfare_now()")
-        if self._cursor is None:  # the feed starts now
-            self._cursor = int(await self.pool.fetchval(
-                "SELECT COALESCE(max(seq), 0) FROM events"
-            ))
+        if self._cursor is None:  # the feed starts now: what is there is not news
+            recent = await self.pool.fetch(
+                "SELECT seq, created_at FROM events WHERE created_at >= $1 "
+                "OR seq = (SELECT max(seq) FROM events)",
+                now - RECENT_S,
+            )
+            self._seen = {r[0]: r[1] for r in recent}
+            self._cursor = max(self._seen, default=0)
             return []
         # Sequence numbers are taken at insert but become visible at commit, so a row can
         # appear below the cursor after it moved on: the last few seconds are read again,
