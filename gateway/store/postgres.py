@@ -15,7 +15,8 @@ What a node promises here (see also the README's "Running in production"):
   the rows it depends on (connection, month's spend, account, account's spend), checks
   them against what the node read and decided on with :mod:`gateway.store.rules`, and
   writes the decision; if anything changed in between, it returns the new values and the
-  node decides again. One round trip for the write, one for the read before it.
+  node decides again. One round trip for the write; the read before it is usually
+  spared, as the node remembers what it last saw (:mod:`gateway.store.postgres_cache`).
 - Times that matter (the month a hold is charged to, leases, look-ups' due times) are
   the database's, never a node's own clock.
 - A node keeps a heartbeat lease in ``instances``; when it lapses (``lease_s``), the
@@ -39,6 +40,7 @@ import orjson
 from gateway.keys import Mode, generate_key_pair, secret_key_hash
 from gateway.store.base import App, NewApp, UnknownApp
 from gateway.store.postgres_accounts import AccountsMixin
+from gateway.store.postgres_cache import Snapshots
 from gateway.store.postgres_events import EventsMixin
 from gateway.store.postgres_money import MeteringMixin
 from gateway.store.postgres_schema import MIGRATION_LOCK, MIGRATIONS
@@ -85,6 +87,7 @@ class PostgresStore(MeteringMixin, AccountsMixin, EventsMixin):
         self.instance_id = uuid.uuid4().hex
         self._pool: asyncpg.Pool | None = None
         self._registered = False
+        self._snapshots = Snapshots()
         EventsMixin.__init__(self)
 
     @property
@@ -113,7 +116,7 @@ class PostgresStore(MeteringMixin, AccountsMixin, EventsMixin):
             await con.close()
         self._pool = await asyncpg.create_pool(
             self.url, min_size=self.min_size, max_size=self.max_size,
-            server_settings=self._server_settings(),
+            server_settings=self._server_settings(), reset=_keep_session,
         )
         await self.pool.execute(
             "INSERT INTO instances (id, pid, host, proc_start, started_at, heartbeat_at) "
@@ -255,6 +258,13 @@ class PostgresStore(MeteringMixin, AccountsMixin, EventsMixin):
             secret_hash,
         )
         return None if row is None else _app(row)
+
+
+async def _keep_session(con: asyncpg.Connection) -> None:
+    """What the pool runs on a connection it takes back: nothing. By default asyncpg
+    resets the session (advisory locks, cursors, listeners, settings), a round trip per
+    use, twice a request's cost; the store's pooled connections change none of these
+    (migrations and the listener have connections of their own)."""
 
 
 def _fields(app: App) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import asyncpg
@@ -83,12 +84,11 @@ class EventsMixin:
         self._changed.clear()
 
     async def changes(self) -> list[Change]:
-        now = await self.pool.fetchval("SELECT wattfare_now()")
         if self._cursor is None:  # the feed starts now: what is there is not news
             recent = await self.pool.fetch(
-                "SELECT seq, created_at FROM events WHERE created_at >= $1 "
+                "SELECT seq, created_at FROM events WHERE created_at >= wattfare_now() - $1 "
                 "OR seq = (SELECT max(seq) FROM events)",
-                now - RECENT_S,
+                RECENT_S,
             )
             self._seen = {r[0]: r[1] for r in recent}
             self._cursor = max(self._seen, default=0)
@@ -98,13 +98,16 @@ class EventsMixin:
         # and rows already seen are skipped.
         rows = await self.pool.fetch(
             "SELECT seq, kind, app_id, user_id, created_at FROM events "
-            "WHERE seq > $1 OR created_at >= $2 ORDER BY seq LIMIT 1000",
-            self._cursor, now - RECENT_S,
+            "WHERE seq > $1 OR created_at >= wattfare_now() - $2 ORDER BY seq LIMIT 1000",
+            self._cursor, RECENT_S,
         )
         fresh = [r for r in rows if r[0] not in self._seen]
         for r in fresh:
             self._seen[r[0]] = r[4]
             self._cursor = max(self._cursor, r[0])
-        for seq in [seq for seq, at in self._seen.items() if at < now - 2 * RECENT_S]:
+        # Forgetting is by this node's clock: if it runs ahead, a change may be reported
+        # twice, which is harmless (cutting a cut stream, emptying an empty cache).
+        horizon = time.time() - 2 * RECENT_S
+        for seq in [seq for seq, at in self._seen.items() if at < horizon]:
             del self._seen[seq]
         return [Change(seq=r[0], kind=r[1], app_id=r[2], user_id=r[3]) for r in fresh]

@@ -1,11 +1,13 @@
 """The PostgreSQL store's metering half: connections, holds, settlement, deferred
 look-ups and reconciliation.
 
-Each money step reads the rows it depends on (one round trip, no lock), asks
+Each money step takes the rows it depends on as this node last saw them
+(:mod:`gateway.store.postgres_cache`), or reads them (one round trip, no lock), asks
 :mod:`gateway.store.rules` what to do, and hands the decision with the values it was made
 on to the step's plpgsql function (:mod:`gateway.store.postgres_schema`), which locks
 those rows, writes the decision if they are unchanged, and otherwise returns what it
-found: the step decides again on that (no second read). A step is one transaction.
+found: the step decides again on that (no second read). A step is one transaction, and
+usually one round trip.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from gateway.store.base import (
     Settlement,
     StoreError,
 )
+from gateway.store.postgres_cache import Snapshot, Snapshots
 from gateway.store.sqlite_money import reconciled, settlement_json, settlement_of
 
 T = TypeVar("T")
@@ -88,6 +91,7 @@ class MeteringMixin:
 
     instance_id: str
     lease_s: float
+    _snapshots: Snapshots
     @property
     def pool(self) -> asyncpg.Pool:
         raise NotImplementedError  # provided by PostgresStore
@@ -155,19 +159,39 @@ class MeteringMixin:
         async with self.pool.acquire() as con:
             return await self._reserve_on(con, req)
 
-    async def _reserve_on(self, con: Any, req: HoldRequest) -> Hold:
+    async def _read_reserve(self, con: Any, req: HoldRequest) -> tuple[str, Snapshot]:
         seen = await con.fetchrow(_RESERVE_READ, req.app_id, req.user_id)
         assert seen is not None
-        period = seen[0]
-        snapshot = tuple(seen[1:])
+        self._snapshots.period = seen[0]
+        return seen[0], tuple(seen[1:])
+
+    async def _reserve_on(self, con: Any, req: HoldRequest) -> Hold:
+        snapshots = self._snapshots
+        period = snapshots.period
+        cached = None if period is None else snapshots.get((req.app_id, req.user_id, period))
+        if period is None or cached is None:
+            period, snapshot = await self._read_reserve(con, req)
+            fresh = True
+        else:
+            snapshot, fresh = cached, False
         hold_id = "hold_" + req.request_id  # request ids are unique
         for _ in range(MAX_ATTEMPTS):
+            key = (req.app_id, req.user_id, period)
             version, app_status, cap, status, account_id, settled, held, *account = snapshot
-            admitted = rules.admit(  # raises a refusal before anything is written
-                req, app_key_version=version, app_status=app_status,
-                conn=None if status is None else rules.ConnectionRow(cap, status, account_id),
-                settled_nano=settled, held_nano=held, account=_account(*account),
-            )
+            try:
+                admitted = rules.admit(  # a refusal comes before anything is written
+                    req, app_key_version=version, app_status=app_status,
+                    conn=None if status is None else rules.ConnectionRow(cap, status,
+                                                                         account_id),
+                    settled_nano=settled, held_nano=held, account=_account(*account),
+                )
+            except StoreError:
+                if fresh:
+                    raise
+                # Refuse only on what the database says now, not on what this node saw.
+                period, snapshot = await self._read_reserve(con, req)
+                fresh = True
+                continue
             row = await con.fetchrow(
                 "SELECT * FROM wattfare_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
                 "$12, $13, $14, $15, $16, $17, $18, $19, $20)",
@@ -177,8 +201,17 @@ class MeteringMixin:
             )
             assert row is not None
             if row[0]:
+                after = list(snapshot)
+                if admitted.write is not None:
+                    after[2], after[3] = admitted.cap_nano, "connected"
+                snapshots.put(key, tuple(after))
+                snapshots.held(key, admitted.amount_nano)
+                snapshots.keep_hold(hold_id, key, admitted.amount_nano)
                 return Hold(id=hold_id, amount_nano=admitted.amount_nano, period=period)
-            snapshot = tuple(row[1:])
+            # Something changed meanwhile (or the month did): decide again on what the
+            # function found.
+            period, snapshot, fresh = row[1], tuple(row[2:]), True
+            snapshots.period = period
         raise StoreError(f"reserve for {req.user_id!r} kept changing under it")
 
     async def extend(self, hold_id: str, *, add_nano: int, used_nano: int) -> Extension:
@@ -202,10 +235,16 @@ class MeteringMixin:
     async def _extend_on(
         self, con: Any, hold_id: str, add_nano: int, used_nano: int
     ) -> Extension:
-        seen = await con.fetchrow(_HOLD_READ, hold_id)
-        if seen is None or seen[2] is None:
-            return Extension(granted_nano=0, revoked=False)
-        snapshot = tuple(seen[1:])
+        snapshots = self._snapshots
+        mine = snapshots.hold(hold_id)
+        cached = None if mine is None else snapshots.get(mine[0])
+        if mine is None or cached is None:
+            seen = await con.fetchrow(_HOLD_READ, hold_id)
+            if seen is None or seen[2] is None:
+                return Extension(granted_nano=0, revoked=False)
+            snapshot: tuple[Any, ...] = tuple(seen[1:])
+        else:
+            snapshot = snapshots.for_extend(cached)
         for _ in range(MAX_ATTEMPTS):
             cap, status, settled, held, *account = snapshot
             if status is None:  # settled meanwhile
@@ -218,6 +257,10 @@ class MeteringMixin:
             )
             assert row is not None
             if row[0]:
+                if mine is not None:
+                    snapshots.merge(mine[0], (cap, settled, held, *account), status=status)
+                    snapshots.held(mine[0], extension.granted_nano)
+                    snapshots.keep_hold(hold_id, mine[0], mine[1] + extension.granted_nano)
                 return extension
             snapshot = tuple(row[1:])
         raise StoreError(f"extension of {hold_id!r} kept changing under it")
@@ -235,11 +278,19 @@ class MeteringMixin:
             return await self._settle_on(con, s)
 
     async def _settle_on(self, con: Any, s: Settlement) -> Charge | None:
-        seen = await con.fetchrow(_HOLD_READ, s.hold_id)
-        if seen is None:
-            return None  # settled already: settling is idempotent
-        amount, cap, _, settled, held, *account = seen
-        snapshot: tuple[Any, ...] = (amount, cap, settled, held, *account)
+        snapshots = self._snapshots
+        mine = snapshots.hold(s.hold_id)
+        cached = None if mine is None else snapshots.get(mine[0])
+        snapshot: tuple[Any, ...]
+        if mine is None or cached is None:
+            seen = await con.fetchrow(_HOLD_READ, s.hold_id)
+            if seen is None:
+                snapshots.drop_hold(s.hold_id)
+                return None  # settled already: settling is idempotent
+            amount, cap, _, settled, held, *account = seen
+            snapshot = (amount, cap, settled, held, *account)
+        else:
+            snapshot = snapshots.for_settle(cached, mine[1])
         for _ in range(MAX_ATTEMPTS):
             amount, cap, settled, held, *account = snapshot
             charge = rules.charge(s.cost_nano, hold_nano=amount,
@@ -254,8 +305,13 @@ class MeteringMixin:
             )
             assert row is not None
             if row[0]:
+                if mine is not None:
+                    snapshots.merge(mine[0], (cap, settled, held, *account))
+                    snapshots.held(mine[0], -amount, settled=charge.charged_nano)
+                snapshots.drop_hold(s.hold_id)
                 return charge
             if row[1]:
+                snapshots.drop_hold(s.hold_id)
                 return None  # another node settled it first
             snapshot = tuple(row[2:])
         raise StoreError(f"settlement of {s.hold_id!r} kept changing under it")

@@ -172,18 +172,24 @@ CREATE FUNCTION wattfare_reserve(
     e_key_version INTEGER, e_app_status TEXT, e_cap BIGINT, e_status TEXT, e_account TEXT,
     e_settled BIGINT, e_held BIGINT, e_budget BIGINT, e_a_settled BIGINT, e_a_held BIGINT,
     d_amount BIGINT, d_cap BIGINT, d_write TEXT,
-    OUT ok BOOLEAN, OUT key_version INTEGER, OUT app_status TEXT, OUT cap_nano BIGINT,
-    OUT conn_status TEXT, OUT account_id TEXT, OUT settled_nano BIGINT, OUT held_nano BIGINT,
+    OUT ok BOOLEAN, OUT period TEXT, OUT key_version INTEGER, OUT app_status TEXT,
+    OUT cap_nano BIGINT, OUT conn_status TEXT, OUT account_id TEXT, OUT settled_nano BIGINT,
+    OUT held_nano BIGINT,
     OUT budget_nano BIGINT, OUT a_settled_nano BIGINT, OUT a_held_nano BIGINT
 ) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_now BIGINT := wattfare_now();
+    v_asked TEXT := p_period;
 BEGIN
     ok := false;
+    period := wattfare_period();
     settled_nano := 0; held_nano := 0;
     SELECT a.key_version, a.status INTO key_version, app_status
         FROM apps a WHERE a.id = p_app FOR SHARE;
+    IF period IS DISTINCT FROM p_period THEN
+        p_period := period;  -- a new month: its totals are the ones to compare
+    END IF;
     IF d_write = 'update_cap' THEN
         SELECT c.cap_nano, c.status, c.account_id INTO cap_nano, conn_status, account_id
             FROM connections c WHERE c.app_id = p_app AND c.user_id = p_user
@@ -208,10 +214,10 @@ BEGIN
                 AND s.period = p_period FOR UPDATE;
         END IF;
     END IF;
-    IF (key_version, app_status, cap_nano, conn_status, account_id, settled_nano, held_nano,
-        budget_nano, a_settled_nano, a_held_nano)
-       IS DISTINCT FROM (e_key_version, e_app_status, e_cap, e_status, e_account, e_settled,
-        e_held, e_budget, e_a_settled, e_a_held) THEN
+    IF (period, key_version, app_status, cap_nano, conn_status, account_id, settled_nano,
+        held_nano, budget_nano, a_settled_nano, a_held_nano)
+       IS DISTINCT FROM (v_asked, e_key_version, e_app_status, e_cap,
+        e_status, e_account, e_settled, e_held, e_budget, e_a_settled, e_a_held) THEN
         RETURN;  -- something changed since the read: decide again on these values
     END IF;
     IF d_write = 'insert' THEN

@@ -255,3 +255,34 @@ async def test_the_ledger_keeps_who_paid_and_the_generation(store: Store) -> Non
     assert [(r.generation_id, r.funded_by, r.cost_source) for r in rows] == [
         ("gen-2", "operator", "tokens"), ("gen-1", "account:acct_x", "upstream")
     ]
+
+
+async def test_another_instance_sees_what_one_changed(backend: Backend) -> None:
+    """Each instance may remember what it last saw; the database decides. One instance
+    fills the cap, the other raises it: the first admits again; the other spends it all:
+    the first refuses."""
+    a, b = backend.new_store(), backend.new_store()
+    await a.open()
+    await b.open()
+    try:
+        app = (await a.create_app(name="a", mode="test", origins=())).app
+        full = await a.reserve(hold_request(app.id, "u", want=1000, cap=1000))
+        await a.settle(settlement(full.id, 1000))
+        with pytest.raises(CapReached):
+            await a.reserve(hold_request(app.id, "u", want=10, cap=1000))
+        raised = await b.reserve(hold_request(app.id, "u", want=10, cap=3000))  # re-approved
+        await b.settle(settlement(raised.id, 10))
+        again = await a.reserve(hold_request(app.id, "u", want=500, cap=3000))
+        assert again.amount_nano == 500
+        await a.settle(settlement(again.id, 500))
+        rest = await b.reserve(hold_request(app.id, "u", want=5000, cap=3000))
+        assert rest.amount_nano == 3000 - 1510
+        await b.settle(settlement(rest.id, rest.amount_nano))
+        with pytest.raises(CapReached):
+            await a.reserve(hold_request(app.id, "u", want=10, cap=3000))
+        conn = await a.connection(app.id, "u")
+        assert conn is not None and conn.settled_nano == 3000
+    finally:
+        await a.close()
+        await b.close()
+    await assert_consistent(backend)
