@@ -41,6 +41,7 @@ METRICS: dict[str, Metric] = {
     "done_wait_p50": _get("done_wait_ms", "p50"),
     "done_wait_p99": _get("done_wait_ms", "p99"),
     "cpu_ms_per_req": _get("cpu_ms_per_req"),
+    "db_cpu_ms_per_req": _get("db_cpu_ms_per_req"),
 }
 
 # The throughput target's reference: the bare Starlette passthrough with aiohttp.
@@ -107,6 +108,9 @@ def ratios(scenarios: dict[str, Any]) -> dict[str, Any]:
         (FLOOR, ASGI_FLOOR),
         ("gateway", "litellm"),
         ("gateway-w2", "gateway"),
+        ("gateway-pg", "gateway"),
+        ("gateway-pg2", "gateway"),
+        ("gateway-pg2", "gateway-pg"),
         ("floor-httpx", "floor-aiohttp"),
         ("floor-httpx-aiohttp", "floor-aiohttp"),
     )
@@ -140,8 +144,8 @@ def targets(
 ) -> list[dict[str, Any]]:
     """The product's targets, judged on the medians over rounds (never asserted)."""
 
-    def added(sid: str, metric: str) -> float:
-        return _median(summary.get(sid, {}).get("gateway", {}).get(f"added_{metric}"))
+    def added(sid: str, metric: str, path: str = "gateway") -> float:
+        return _median(summary.get(sid, {}).get(path, {}).get(f"added_{metric}"))
 
     def r(sid: str, key: str) -> float:
         return _median(rat.get(sid, {}).get(key))
@@ -168,6 +172,15 @@ def targets(
         out.append(_verdict(f"gateway / {ASGI_FLOOR} req/s (no framework; context), {sid}",
                             r(sid, f"gateway/{ASGI_FLOOR}"), ">= 0.80", lambda v: v >= 0.8,
                             "x"))
+    out += [
+        _verdict("gateway-pg / gateway (PostgreSQL / SQLite store) req/s, c32",
+                 r("c32", "gateway-pg/gateway"), ">= 0.80", lambda v: v >= 0.8, "x"),
+        _verdict("gateway-pg added TTFB p50 over the SQLite gateway's, C=1",
+                 added("c1", "ttfb_p50", "gateway-pg") - added("c1", "ttfb_p50"),
+                 "<= 0.5 ms", lambda v: v <= 0.5, "ms"),
+        _verdict("gateway-pg2 / gateway-pg (two nodes / one) req/s, c32 (context)",
+                 r("c32", "gateway-pg2/gateway-pg"), ">= 1.0", lambda v: v >= 1.0, "x"),
+    ]
     for sid in ("c32", "c128"):
         out.append(_verdict(f"gateway / litellm req/s, {sid}", r(sid, "gateway/litellm"),
                             ">= 15", lambda v: v >= 15, "x"))

@@ -70,6 +70,11 @@ class Target:
     user_header: str | None
     user_prefix: str
     user_pool: int
+    # Several nodes of one path: request ``seq`` goes to ``urls[seq % len(urls)]``.
+    urls: tuple[str, ...] = ()
+
+    def url_for(self, seq: int) -> str:
+        return self.urls[seq % len(self.urls)] if self.urls else self.url
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Target:
@@ -82,6 +87,7 @@ class Target:
             user_header=spec.get("user_header"),
             user_prefix=spec.get("user_prefix", "bench-user-"),
             user_pool=max(1, int(spec.get("user_pool", 1))),
+            urls=tuple(spec.get("urls") or ()),
         )
 
     def headers_for(self, seq: int) -> dict[str, str]:
@@ -114,7 +120,7 @@ async def one_request(
     kept: list[bytes] = []
     try:
         async with session.post(
-            target.url, data=target.body, headers=target.headers_for(seq)
+            target.url_for(seq), data=target.body, headers=target.headers_for(seq)
         ) as resp:
             ttfb = time.perf_counter() - t0
             last = -1.0
@@ -251,7 +257,8 @@ async def run_load(spec: dict[str, Any]) -> dict[str, Any]:
 async def fetch(spec: dict[str, Any]) -> dict[str, Any]:
     target = Target.from_spec(spec)
     async with _session(1, float(spec.get("timeout_s", 30))) as session, session.post(
-        target.url, data=target.body, headers=target.headers_for(int(spec.get("seq", 0)))
+        target.url_for(int(spec.get("seq", 0))), data=target.body,
+        headers=target.headers_for(int(spec.get("seq", 0)))
     ) as resp:
         raw = await resp.read()
         return {"status": resp.status, "text": raw.decode("utf-8", "replace")}
@@ -272,7 +279,7 @@ async def hold(spec: dict[str, Any], commands: asyncio.Queue[dict[str, Any]]) ->
         nonlocal ready, open_now, ended_early
         try:
             async with session.post(
-                target.url, data=target.body, headers=target.headers_for(seq)
+                target.url_for(seq), data=target.body, headers=target.headers_for(seq)
             ) as resp:
                 if resp.status != 200:
                     errors[f"status_{resp.status}"] = errors.get(f"status_{resp.status}", 0) + 1

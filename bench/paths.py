@@ -4,7 +4,11 @@
 - ``floor-<client>``: :mod:`bench.floor_proxy`, the bare Starlette passthrough, with one
   of its HTTP clients; ``asgi-aiohttp``: the same relay in plain ASGI, no framework.
 - ``gateway`` / ``gateway-w2``: ``wattfare serve`` with one or two workers, auth and
-  metering on.
+  metering on, on the SQLite store.
+- ``gateway-pg`` / ``gateway-pg2``: ``wattfare serve`` on the PostgreSQL store, one node,
+  or two nodes on one database with the load generator spreading requests over both. The
+  database is a throwaway cluster of the path's own (:mod:`bench.pgserver`, with the
+  durability the SQLite path has), so that its CPU per request is reported too.
 - ``litellm``: the LiteLLM proxy (see :mod:`bench.litellm_path`).
 
 A path that cannot be started is kept, marked unavailable with the reason, so the rest of
@@ -28,10 +32,12 @@ import starlette
 
 from bench import litellm_path
 from bench.floor_proxy import CLIENT_KINDS
+from bench.pgserver import BENCH_SETTINGS, start_cluster
 from bench.procs import (
     LOOPBACK,
     LineChannel,
     Proc,
+    ProcGroup,
     StartError,
     free_port,
     start,
@@ -48,8 +54,11 @@ ALL_PATHS: tuple[str, ...] = (
     "asgi-aiohttp",
     "gateway",
     "gateway-w2",
+    "gateway-pg",
+    "gateway-pg2",
     "litellm",
 )
+PG_PATHS = ("gateway-pg", "gateway-pg2")
 PROXIED = tuple(p for p in ALL_PATHS if p != "direct")
 
 
@@ -151,9 +160,12 @@ def gateway_available() -> str:
 
 
 def _gateway_config(
-    *, port: int, upstream_base: str, db: Path, metering: Mapping[str, float] | None = None
+    *, port: int, upstream_base: str, db: Path, metering: Mapping[str, float] | None = None,
+    postgres: bool = False,
 ) -> str:
     extra = [f"{key} = {value}" for key, value in (metering or {}).items()]
+    store = (['backend = "postgres"', 'url_env = "WATTFARE_DATABASE_URL"'] if postgres
+             else ['backend = "sqlite"', f'path = "{db}"'])
     return "\n".join([
         "[server]",
         f'host = "{LOOPBACK}"',
@@ -170,8 +182,7 @@ def _gateway_config(
         'transport = "aiohttp"',
         "",
         "[store]",
-        'backend = "sqlite"',
-        f'path = "{db}"',
+        *store,
         "",
         "[metering]",
         "default_monthly_usd = 1000000",
@@ -188,18 +199,24 @@ def start_gateway(
     work: Path,
     env: dict[str, str],
     metering: Mapping[str, float] | None = None,
+    database_url: str = "",
+    nodes: int = 1,
 ) -> Endpoint:
-    """Write a config, create a test-mode app, and start ``wattfare serve``."""
+    """Write a config, create a test-mode app, and start ``wattfare serve`` (``nodes`` of
+    them on the PostgreSQL database at ``database_url``, if given)."""
     endpoint = Endpoint(name=name)
     missing = gateway_available()
     if missing:
         endpoint.fail(missing)
         return endpoint
+    if database_url:
+        env = {**env, "WATTFARE_DATABASE_URL": database_url}
     port = free_port()
     db = work / f"{name}.db"
     config = work / f"{name}.toml"
     config.write_text(
-        _gateway_config(port=port, upstream_base=upstream_base, db=db, metering=metering)
+        _gateway_config(port=port, upstream_base=upstream_base, db=db, metering=metering,
+                        postgres=bool(database_url))
     )
     try:
         created = subprocess.run(
@@ -219,10 +236,47 @@ def start_gateway(
     base = f"http://{LOOPBACK}:{port}"
     endpoint.url = f"{base}/v1/chat/completions"
     endpoint.ready_url = f"{base}/healthz"
+    members = [endpoint.proc]
+    for n in range(1, nodes):  # more nodes: the same settings on ports of their own
+        node_port = free_port()
+        node_config = work / f"{name}-node{n + 1}.toml"
+        node_config.write_text(config.read_text().replace(f"port = {port}",
+                                                          f"port = {node_port}", 1))
+        members.append(start(f"{name}-node{n + 1}",
+                             [*wattfare_argv(), "serve", "--config", str(node_config)],
+                             log_dir=work, env=env, cwd=work, port=node_port))
+        endpoint.extra.setdefault("urls", [endpoint.url]).append(
+            f"http://{LOOPBACK}:{node_port}/v1/chat/completions"
+        )
+    if nodes > 1:
+        endpoint.proc = ProcGroup.of(name, members)
     endpoint.headers = {"Authorization": f"Bearer {secret}"}
     endpoint.user_header = "Wattfare-User"
-    endpoint.extra = {"db": str(db), "config": str(config), "secret_key": secret,
-                      "app_id": app.get("app_id"), "base": base, "workers": workers}
+    endpoint.extra.update({"db": str(db), "config": str(config), "secret_key": secret,
+                           "app_id": app.get("app_id"), "base": base, "workers": workers,
+                           "nodes": nodes})
+    return endpoint
+
+
+def start_pg_gateway(
+    name: str, *, upstream_base: str, work: Path, env: dict[str, str], nodes: int
+) -> Endpoint:
+    """``nodes`` gateway nodes on a PostgreSQL cluster of their own, whose processes are
+    stopped with them and whose CPU is counted apart (``extra["db_proc"]``)."""
+    try:
+        cluster = start_cluster(work / f"pg-{name}", settings=BENCH_SETTINGS)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        endpoint = Endpoint(name=name)
+        endpoint.fail(f"no PostgreSQL server for the bench: {exc}")
+        return endpoint
+    database = Proc(name=f"{name}-postgres", popen=cluster.server, log_path=cluster.log)
+    endpoint = start_gateway(name, workers=1, upstream_base=upstream_base, work=work, env=env,
+                             database_url=cluster.url, nodes=nodes)
+    members = [endpoint.proc] if endpoint.proc is not None else []
+    if isinstance(endpoint.proc, ProcGroup):
+        members = endpoint.proc.members
+    endpoint.proc = ProcGroup.of(name, members, companions=[database])
+    endpoint.extra["db_proc"] = database
     return endpoint
 
 
@@ -268,6 +322,11 @@ def start_paths(
             workers = 2 if name == "gateway-w2" else 1
             endpoints[name] = start_gateway(
                 name, workers=workers, upstream_base=upstream_base, work=work, env=env
+            )
+        elif name in PG_PATHS:
+            endpoints[name] = start_pg_gateway(
+                name, upstream_base=upstream_base, work=work, env=env,
+                nodes=2 if name == "gateway-pg2" else 1,
             )
         elif name == "litellm":
             endpoints[name] = start_litellm(

@@ -134,6 +134,43 @@ class Proc:
             self._log = None
 
 
+@dataclass
+class ProcGroup(Proc):
+    """Several processes measured as one path (gateway nodes sharing a database): their
+    CPU, memory and liveness together. ``companions`` (the database server) are not
+    counted, only stopped with them, after them."""
+
+    members: list[Proc] = field(default_factory=list)
+    companions: list[Proc] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, name: str, members: Sequence[Proc], *,
+           companions: Sequence[Proc] = ()) -> ProcGroup:
+        first = [*members, *companions][0]
+        return cls(name=name, popen=first.popen, log_path=first.log_path, port=first.port,
+                   members=list(members), companions=list(companions))
+
+    def alive(self) -> bool:
+        return bool(self.members) and all(m.alive() for m in self.members)
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(f"[{p.name}] {p.log_tail(lines)}"
+                         for p in [*self.members, *self.companions])
+
+    def wait_http(self, url: str, *, timeout_s: float) -> None:
+        for member in self.members:  # each on its own port
+            own = url if member.port is None or self.port is None else url.replace(
+                f":{self.port}/", f":{member.port}/", 1)
+            member.wait_http(own, timeout_s=timeout_s)
+
+    def tree(self) -> list[psutil.Process]:
+        return [p for member in self.members for p in member.tree()]
+
+    def stop(self, *, timeout_s: float = 10.0) -> None:
+        for proc in [*self.members, *self.companions]:
+            proc.stop(timeout_s=timeout_s)
+
+
 def wait_idle(
     procs: Sequence[Proc], *, below: float = 0.1, window_s: float = 0.15, timeout_s: float = 30.0
 ) -> float:

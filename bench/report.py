@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 PATH_ORDER = ("direct", "asgi-aiohttp", "floor-aiohttp", "floor-httpx-aiohttp", "floor-httpx",
-              "gateway", "gateway-w2", "litellm")
+              "gateway", "gateway-w2", "gateway-pg", "gateway-pg2", "litellm")
 
 
 def _num(value: Any, digits: int = 2) -> str:
@@ -150,6 +150,9 @@ def render(
         out += _metric_table(data, all_sids, metric)
     out += ["", "## Proxy CPU per request, ms (user+system of the path's processes)", ""]
     out += _metric_table(data, all_sids, "cpu_ms_per_req", 3)
+    out += ["", "## Database server CPU per request, ms (the PostgreSQL paths' own server)",
+            ""]
+    out += _metric_table(data, all_sids, "db_cpu_ms_per_req", 3)
     out += ["", "## Ratios within the run (req/s, per round, then spread)", ""]
     rat = analysis["ratios"]
     keys = sorted({k for per in rat.values() for k in per})

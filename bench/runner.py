@@ -89,7 +89,8 @@ class Run:
         return {
             "url": endpoint.url, "headers": endpoint.headers,
             "user_header": endpoint.user_header, "user_prefix": f"{endpoint.name}-u",
-            "user_pool": self.suite.user_pool, "seq_base": self.seq, **spec,
+            "user_pool": self.suite.user_pool, "seq_base": self.seq,
+            "urls": endpoint.extra.get("urls", []), **spec,
         }
 
 
@@ -115,6 +116,8 @@ def _own_cpu_seconds() -> float:
 def measure(run: Run, scenario: Scenario, endpoint: Endpoint) -> dict[str, Any]:
     """One scenario on one path: the load generator's summary plus the path's CPU time."""
     cpu0 = endpoint.proc.cpu_seconds() if endpoint.proc else 0.0
+    database: Proc | None = endpoint.extra.get("db_proc")
+    db0 = database.cpu_seconds() if database else 0.0
     busy0, own0, t0 = _busy_cpu_seconds(), _own_cpu_seconds(), time.monotonic()
     command = run.command(endpoint, op="run", **scenario.spec())
     try:
@@ -128,6 +131,8 @@ def measure(run: Run, scenario: Scenario, endpoint: Endpoint) -> dict[str, Any]:
     result: dict[str, Any] = answer["result"]
     cpu = (endpoint.proc.cpu_seconds() if endpoint.proc else 0.0) - cpu0
     result["cpu_ms_per_req"] = cpu * 1000 / result["ok"] if result["ok"] and endpoint.proc else None
+    if database is not None and result["ok"]:  # the database server's share, apart
+        result["db_cpu_ms_per_req"] = (database.cpu_seconds() - db0) * 1000 / result["ok"]
     # CPU the rest of the machine used meanwhile (other people's work on a shared box).
     wall = time.monotonic() - t0
     foreign = (_busy_cpu_seconds() - busy0) - (_own_cpu_seconds() - own0)

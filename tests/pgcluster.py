@@ -1,134 +1,20 @@
-"""A PostgreSQL server for the tests: the one ``WATTFARE_TEST_DATABASE_URL`` names, or a
-throwaway cluster made from the system's PostgreSQL binaries (Debian's ``postgresql``
-package, which ``./run`` installs) in a temporary folder, on a free loopback port, and
-stopped by its PID when the tests end.
-"""
+"""The PostgreSQL server the tests use: the one ``WATTFARE_TEST_DATABASE_URL`` names, or
+a throwaway cluster (:mod:`bench.pgserver`) for the run."""
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
-import pwd
-import shutil
-import signal
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-URL_ENV = "WATTFARE_TEST_DATABASE_URL"
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 15.0
-
-
-def _bindir() -> Path | None:
-    """Where ``initdb`` and ``postgres`` are (newest version first), if anywhere."""
-    found = shutil.which("pg_config")
-    if found:
-        out = subprocess.run([found, "--bindir"], capture_output=True, text=True, check=False)
-        path = Path(out.stdout.strip())
-        if (path / "initdb").exists() and (path / "postgres").exists():
-            return path
-    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        if (Path(candidate) / "initdb").exists():
-            return Path(candidate)
-    return None
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _as_postgres(args: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: drop to the ``postgres`` user there."""
-    if os.geteuid() != 0:
-        return args
-    return ["runuser", "-u", "postgres", "--", *args]
-
-
-@contextlib.contextmanager
-def throwaway_cluster() -> Iterator[str]:
-    """A fresh cluster's URL (database ``postgres``, trust authentication)."""
-    bindir = _bindir()
-    if bindir is None:
-        raise RuntimeError(
-            "no PostgreSQL binaries: install Debian's 'postgresql' package "
-            f"(./run does) or set {URL_ENV}"
-        )
-    folder = Path(tempfile.mkdtemp(prefix="wattfare-pg-"))
-    data = folder / "data"
-    if os.geteuid() == 0:
-        owner = pwd.getpwnam("postgres")
-        os.chown(folder, owner.pw_uid, owner.pw_gid)
-    subprocess.run(
-        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                      "--no-sync", "-E", "UTF8"]),
-        check=True, capture_output=True,
-    )
-    port = _free_port()
-    log = folder / "server.log"
-    # fsync off: a test cluster has nothing to keep through a power loss.
-    with log.open("wb") as stderr:
-        server = subprocess.Popen(
-            _as_postgres([str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-                          "-k", str(folder), "-c", "listen_addresses=127.0.0.1",
-                          "-c", "fsync=off", "-c", "max_connections=200"]),
-            stdout=subprocess.DEVNULL, stderr=stderr,
-        )
-    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    try:
-        _wait_ready(bindir, port, server, log)
-        yield url
-    finally:
-        _stop(server, data)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _wait_ready(bindir: Path, port: int, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            break
-        ready = subprocess.run(
-            [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-q"],
-            check=False,
-        )
-        if ready.returncode == 0:
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"the test PostgreSQL did not start:\n{log.read_text(errors='replace')}")
-
-
-def _stop(server: subprocess.Popen[bytes], data: Path) -> None:
-    """Fast shutdown of the postmaster, by its PID (``runuser`` forwards signals, so the
-    PID file names the server itself)."""
-    pid_file = data / "postmaster.pid"
-    pid = server.pid
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        pid = int(pid_file.read_text().split()[0])
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGINT)
-    try:
-        server.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        server.wait(timeout=STOP_TIMEOUT_S)
+from bench.pgserver import TEST_SETTINGS, URL_ENV, throwaway_cluster
 
 
 @contextlib.contextmanager
 def database_url_for_tests() -> Iterator[str]:
-    """The URL the tests use: the environment's, or a throwaway cluster's."""
     given = os.environ.get(URL_ENV)
     if given:
         yield given
         return
-    with throwaway_cluster() as url:
-        yield url
+    with throwaway_cluster(settings=TEST_SETTINGS) as cluster:
+        yield cluster.url

@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PATHS = ("direct", "floor-aiohttp", "floor-httpx", "floor-httpx-aiohttp", "asgi-aiohttp",
-         "gateway", "gateway-w2")
+         "gateway", "gateway-w2", "gateway-pg", "gateway-pg2")
 RELAYS = tuple(p for p in PATHS if p != "direct")
 TIMEOUT_S = 300
 
@@ -66,6 +66,18 @@ def test_every_path_is_available_and_produced_results(
                 assert result["ok"] > 0, (sid, name, result)
                 errors = {k: v for k, v in result["errors"].items() if k != "cut"}
                 assert not errors, (sid, name, errors)
+
+
+def test_the_postgres_paths_report_their_database_servers_cpu(
+    quick_run: tuple[dict[str, Any], Path],
+) -> None:
+    data, _ = quick_run
+    for entry in data["raw"]["scenarios"].values():
+        for rnd in entry["rounds"]:
+            for name in ("gateway-pg", "gateway-pg2"):
+                assert rnd[name]["db_cpu_ms_per_req"] >= 0, (name, rnd[name])
+            assert "db_cpu_ms_per_req" not in rnd["gateway"]
+    assert any(t["name"].startswith("gateway-pg / gateway") for t in data["analysis"]["targets"])
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, id=p) for p in RELAYS])
