@@ -40,6 +40,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     "consents": ("id_hash", "app_id", "user_id", "cap_nano", "origin", "created_at",
                  "expires_at", "used_at", "outcome"),
     "secrets": ("name", "value", "created_at"),
+    "funding_sources": ("id", "account_id", "provider", "label", "kek_id", "wrapped_key",
+                        "ciphertext", "created_at", "problem", "problem_at"),
 }
 
 # The sums that must match, per table.

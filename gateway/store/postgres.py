@@ -42,6 +42,7 @@ from gateway.store.base import App, NewApp, UnknownApp
 from gateway.store.postgres_accounts import AccountsMixin
 from gateway.store.postgres_cache import Snapshots
 from gateway.store.postgres_events import EventsMixin
+from gateway.store.postgres_funding import FundingMixin
 from gateway.store.postgres_money import MeteringMixin
 from gateway.store.postgres_schema import MIGRATION_LOCK, MIGRATIONS
 
@@ -60,11 +61,11 @@ def _app(row: asyncpg.Record) -> App:
     )
 
 
-class PostgresStore(MeteringMixin, AccountsMixin, EventsMixin):
+class PostgresStore(MeteringMixin, AccountsMixin, FundingMixin, EventsMixin):
     """:class:`gateway.store.base.Store` on a PostgreSQL database (its money half:
     :mod:`gateway.store.postgres_money`; its end-user half:
-    :mod:`gateway.store.postgres_accounts`; change notices between nodes:
-    :mod:`gateway.store.postgres_events`).
+    :mod:`gateway.store.postgres_accounts` and :mod:`gateway.store.postgres_funding`;
+    change notices between nodes: :mod:`gateway.store.postgres_events`).
 
     ``schema``: keep the tables in this schema (created if missing) instead of the
     connection's default, so several gateways (or test runs) can share one database.

@@ -141,6 +141,9 @@ class AccountsMixin:
                 [(r[0], r[1]) for r in revoked],
             )
             await con.execute("DELETE FROM web_sessions WHERE account_id = $1", account_id)
+            # The person's own upstream key goes with the account (sealed or not).
+            await con.execute("DELETE FROM funding_sources WHERE account_id = $1", account_id)
+            await con.execute("DELETE FROM funding_attempts WHERE account_id = $1", account_id)
             await con.execute(
                 "UPDATE accounts SET email = $2, password_hash = $3, "
                 "updated_at = wattfare_now() WHERE id = $1",

@@ -366,4 +366,30 @@ END $$;
 MIGRATIONS: tuple[str, ...] = (
     # 1: everything the SQLite store's migrations 1-3 hold, and the money steps.
     _TABLES + _RESERVE + _EXTEND + _SETTLE,
+    # 2: people's own funding sources (the upstream key sealed: see gateway.funding.vault)
+    # and the connect attempts under way (the SQLite store's migration 4).
+    """
+    CREATE TABLE funding_sources (
+        id          TEXT PRIMARY KEY,
+        account_id  TEXT NOT NULL UNIQUE REFERENCES accounts(id),
+        provider    TEXT NOT NULL,
+        label       TEXT NOT NULL,
+        kek_id      TEXT NOT NULL,
+        wrapped_key BYTEA NOT NULL,
+        ciphertext  BYTEA NOT NULL,
+        created_at  BIGINT NOT NULL,
+        problem     TEXT,
+        problem_at  BIGINT
+    );
+    CREATE TABLE funding_attempts (
+        state_hash    BYTEA PRIMARY KEY,
+        session_hash  BYTEA NOT NULL,
+        account_id    TEXT NOT NULL REFERENCES accounts(id),
+        provider      TEXT NOT NULL,
+        verifier_hash BYTEA NOT NULL,
+        return_to     TEXT NOT NULL,
+        created_at    BIGINT NOT NULL,
+        expires_at    BIGINT NOT NULL
+    );
+    """,
 )

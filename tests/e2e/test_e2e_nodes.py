@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 import pytest
 
+from gateway.store.postgres_schema import MIGRATIONS
 from gateway.tokens import mint_session_token
 
 from .harness import (
@@ -251,7 +252,7 @@ def test_a_node_killed_mid_stream_is_reconciled_by_the_other(
 
 
 def test_nodes_share_one_schema_version(database: str, nodes: list[Gateway]) -> None:
-    assert rows(database, "SELECT version FROM wattfare_schema") == [(1,)]
+    assert rows(database, "SELECT version FROM wattfare_schema") == [(len(MIGRATIONS),)]
     live = rows(database, "SELECT count(*) FROM instances")[0][0]
     assert live >= len(nodes)
     assert Path(nodes[0].config_path).read_text().count('backend = "postgres"') == 1

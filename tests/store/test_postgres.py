@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from gateway.store.postgres import PostgresStore
+from gateway.store.postgres_schema import MIGRATIONS
 
 from .backends import PostgresBackend
 from .helpers import hold_request, settlement
@@ -22,7 +23,7 @@ async def test_nodes_starting_together_migrate_once(pg: PostgresBackend) -> None
     stores = [pg.new_store() for _ in range(3)]
     try:
         await asyncio.gather(*(s.open() for s in stores))
-        assert await pg.rows("SELECT version FROM wattfare_schema") == [(1,)]
+        assert await pg.rows("SELECT version FROM wattfare_schema") == [(len(MIGRATIONS),)]
         app = (await stores[0].create_app(name="a", mode="test", origins=())).app
         assert [a.id for a in await stores[2].list_apps()] == [app.id]
     finally:
