@@ -27,7 +27,8 @@ from gateway.store.sqlite import SQLiteStore
 TABLES: dict[str, tuple[str, ...]] = {
     "apps": ("id", "name", "mode", "publishable_key", "secret_hash", "key_version", "origins",
              "status", "created_at", "updated_at"),
-    "accounts": ("id", "email", "password_hash", "budget_nano", "created_at", "updated_at"),
+    "accounts": ("id", "email", "password_hash", "budget_nano", "created_at", "updated_at",
+                 "status"),
     "connections": ("app_id", "user_id", "cap_nano", "status", "created_at", "updated_at",
                     "account_id"),
     "spend": ("app_id", "user_id", "period", "settled_nano", "held_nano"),

@@ -40,6 +40,9 @@ import orjson
 from gateway.keys import Mode, generate_key_pair, secret_key_hash
 from gateway.store.base import App, NewApp, UnknownApp
 from gateway.store.postgres_accounts import AccountsMixin
+from gateway.store.postgres_admin import APP_COLUMNS as _APP_COLUMNS
+from gateway.store.postgres_admin import AdminMixin
+from gateway.store.postgres_admin import app_of as _app
 from gateway.store.postgres_cache import Snapshots
 from gateway.store.postgres_events import EventsMixin
 from gateway.store.postgres_funding import FundingMixin
@@ -48,24 +51,12 @@ from gateway.store.postgres_schema import MIGRATION_LOCK, MIGRATIONS
 
 log = logging.getLogger("wattfare.store")
 
-_APP_COLUMNS = (
-    "id, name, mode, publishable_key, secret_hash, key_version, origins, status, created_at"
-)
-
-
-def _app(row: asyncpg.Record) -> App:
-    return App(
-        id=row[0], name=row[1], mode=row[2], publishable_key=row[3],
-        secret_hash=bytes(row[4]), key_version=row[5], origins=tuple(orjson.loads(row[6])),
-        status=row[7], created_at=row[8],
-    )
-
-
-class PostgresStore(MeteringMixin, AccountsMixin, FundingMixin, EventsMixin):
+class PostgresStore(MeteringMixin, AccountsMixin, FundingMixin, EventsMixin, AdminMixin):
     """:class:`gateway.store.base.Store` on a PostgreSQL database (its money half:
     :mod:`gateway.store.postgres_money`; its end-user half:
     :mod:`gateway.store.postgres_accounts` and :mod:`gateway.store.postgres_funding`;
-    change notices between nodes: :mod:`gateway.store.postgres_events`).
+    change notices between nodes: :mod:`gateway.store.postgres_events`; the operator's:
+    :mod:`gateway.store.postgres_admin`).
 
     ``schema``: keep the tables in this schema (created if missing) instead of the
     connection's default, so several gateways (or test runs) can share one database.

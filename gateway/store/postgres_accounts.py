@@ -24,13 +24,18 @@ from gateway.store.base import (
     deleted_email,
 )
 
-_ACCOUNT_COLUMNS = "id, email, password_hash, budget_nano, created_at"
+ACCOUNT_COLUMNS = "id, email, password_hash, budget_nano, created_at, status"
 _CONSENT_COLUMNS = "app_id, user_id, cap_nano, origin, created_at, expires_at, used_at, outcome"
 
 
-def _account(row: asyncpg.Record) -> Account:
+def account_of(row: asyncpg.Record) -> Account:
+    """An :class:`Account` from a row of ``ACCOUNT_COLUMNS``."""
     return Account(
-        id=row[0], email=row[1], password_hash=row[2], budget_nano=row[3], created_at=row[4]
+        id=row[0], email=row[1], password_hash=row[2], budget_nano=row[3], created_at=row[4],
+        status=(
+            "deleted" if row[2] == DELETED_PASSWORD_HASH
+            else "disabled" if row[5] == "disabled" else "active"
+        ),
     )
 
 
@@ -50,27 +55,27 @@ class AccountsMixin:
             row = await self.pool.fetchrow(
                 "INSERT INTO accounts (id, email, password_hash, budget_nano, created_at, "  # noqa: S608 (constant columns)
                 "updated_at) VALUES ($1, $2, $3, $4, wattfare_now(), wattfare_now()) "
-                f"RETURNING {_ACCOUNT_COLUMNS}",
+                f"RETURNING {ACCOUNT_COLUMNS}",
                 "acct_" + uuid.uuid4().hex[:20], email, password_hash, budget_nano,
             )
         except asyncpg.UniqueViolationError:
             raise AccountExists(email) from None
         assert row is not None
-        return _account(row)
+        return account_of(row)
 
     async def account_by_email(self, email: str) -> Account | None:
         row = await self.pool.fetchrow(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE email = $1", email  # noqa: S608 (constant columns)
+            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE email = $1", email  # noqa: S608 (constant columns)
         )
-        return None if row is None else _account(row)
+        return None if row is None else account_of(row)
 
     async def set_account_budget(self, email: str, budget_nano: int) -> Account | None:
         row = await self.pool.fetchrow(
             "UPDATE accounts SET budget_nano = $2, updated_at = wattfare_now() "  # noqa: S608 (constant columns)
-            f"WHERE email = $1 RETURNING {_ACCOUNT_COLUMNS}",
+            f"WHERE email = $1 RETURNING {ACCOUNT_COLUMNS}",
             email, budget_nano,
         )
-        return None if row is None else _account(row)
+        return None if row is None else account_of(row)
 
     async def account_spend(self, account_id: str, period: str) -> AccountSpend:
         row = await self.pool.fetchrow(
@@ -101,12 +106,12 @@ class AccountsMixin:
 
     async def account_by_web_session(self, token_hash: bytes, *, now: int) -> Account | None:
         row = await self.pool.fetchrow(
-            "SELECT a.id, a.email, a.password_hash, a.budget_nano, a.created_at "
+            "SELECT a.id, a.email, a.password_hash, a.budget_nano, a.created_at, a.status "
             "FROM web_sessions w JOIN accounts a ON a.id = w.account_id "
-            "WHERE w.token_hash = $1 AND w.expires_at > $2",
+            "WHERE w.token_hash = $1 AND w.expires_at > $2 AND a.status = 'active'",
             token_hash, now,
         )
-        return None if row is None else _account(row)
+        return None if row is None else account_of(row)
 
     async def delete_web_session(self, token_hash: bytes) -> None:
         await self.pool.execute("DELETE FROM web_sessions WHERE token_hash = $1", token_hash)

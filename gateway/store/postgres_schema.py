@@ -392,4 +392,9 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at    BIGINT NOT NULL
     );
     """,
+    # 3: the operator can disable an end user's account (the SQLite store's migration 5).
+    """
+    ALTER TABLE accounts ADD COLUMN status TEXT NOT NULL DEFAULT 'active'
+        CHECK (status IN ('active', 'disabled'))
+    """,
 )

@@ -27,7 +27,7 @@ from gateway.store.base import (
     UsageQuery,
     UsageSum,
 )
-from gateway.store.sqlite_accounts import _ACCOUNT_COLUMNS, account_of, transaction
+from gateway.store.sqlite_accounts import _ACCOUNT_COLUMNS, account_of, record_event, transaction
 
 T = TypeVar("T")
 
@@ -155,6 +155,8 @@ class AdminMixin:
                 "UPDATE apps SET status = ?, updated_at = ? WHERE id = ?",
                 (status, now, found.id),
             )
+            if status != found.status:
+                record_event(conn, "app_disabled", found.id, "", now)
             if status == "disabled" and found.status != "disabled":
                 _cut_open_streams(conn, app_id=found.id, now=now)
             refreshed = _find(conn, found.id)
@@ -200,6 +202,7 @@ class AdminMixin:
                 for table in ("consents", "spend", "connections"):
                     conn.execute(f"DELETE FROM {table} WHERE app_id = ?", (found.id,))  # noqa: S608 (constant table names)
                 conn.execute("DELETE FROM apps WHERE id = ?", (found.id,))
+                record_event(conn, "app_disabled", found.id, "", now)
                 return AppDeletion(app=found, erased=True, revoked=revoked)
             if not force:
                 raise AppInUse(ledger, holds)
@@ -209,6 +212,7 @@ class AdminMixin:
             )
             revoked = _revoke_where(conn, "app_id = ?", (found.id,), now)
             _cut_open_streams(conn, app_id=found.id, now=now)
+            record_event(conn, "app_disabled", found.id, "", now)
             conn.execute(
                 "DELETE FROM consents WHERE app_id = ? AND used_at IS NULL", (found.id,)
             )

@@ -36,6 +36,8 @@ async def fill(path: str) -> dict[str, str]:
             await store.settle(settlement(hold.id, cost))
         await store.create_web_session(b"s" * 32, account_id=account.id,
                                        expires_at=int(time.time()) + 600)
+        await store.create_account(email="bob@x.test", password_hash="h", budget_nano=0)
+        await store.set_account_status("bob@x.test", "disabled")
         secret = await store.secret("cookie_signing")
     finally:
         await store.close()
@@ -65,6 +67,8 @@ async def test_everything_moves_and_the_totals_match(tmp_path: Path, pg_url: str
             found = await store.account_by_web_session(b"s" * 32, now=int(time.time()))
             assert found is not None and found.email == "ada@x.test"
             assert (await store.secret("cookie_signing")).hex() == seen["secret"]
+            bob = await store.account_by_email("bob@x.test")
+            assert bob is not None and bob.status == "disabled"
             # The copy carries on as a live store: new ledger rows, new holds.
             assert await store.set_connection_cap(seen["account"], app_id=seen["app"],
                                                   user_id="u1", cap_nano=10_000)
