@@ -254,11 +254,10 @@ class ChatCompletions:
     async def _settle(
         self, admitted: Admitted, outcome: Outcome, record: RequestRecord, started: float
     ) -> int:
-        settled = await self.settler.settle(
+        return await self.settler.settle(
             admitted.hold, outcome, record=record, started=started,
             upstream=admitted.upstream, funded_by=admitted.funded_by,
         )
-        return settled.charged_nano
 
     async def _fund(self, admitted: Admitted) -> Funding:
         """Whose key pays (:mod:`gateway.funding`): the operator's, or the person's own."""

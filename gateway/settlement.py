@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from gateway.observability import Metrics, RequestRecord
@@ -29,15 +28,6 @@ SETTLE_RETRIES_S = (0.05, 0.2, 0.75, 2.0)
 # The first look-up of a generation's record waits this long (OpenRouter's record
 # appears a moment after the end; see gateway.lookups for the rest of the schedule).
 FIRST_LOOKUP_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Settled:
-    """What the request was charged (so far: an estimate when a look-up is pending)."""
-
-    charged_nano: int
-    operator_nano: int
-    pending: bool
 
 
 def settlement_of(
@@ -69,9 +59,10 @@ class Settler:
     async def settle(
         self, hold: Hold, outcome: Outcome, *, record: RequestRecord, started: float,
         upstream: Upstream | None, funded_by: str = "operator",
-    ) -> Settled:
-        """Settle one request (or queue its look-up); raises only when the store kept
-        failing, with the hold left for reconciliation."""
+    ) -> int:
+        """Settle one request (or queue its look-up): what it was charged, so far (the
+        most it will be charged while a look-up is pending). Raises only when the store
+        kept failing, with the hold left for reconciliation."""
         settlement = settlement_of(hold, outcome, record=record, started=started,
                                    funded_by=funded_by)
         if (
@@ -85,18 +76,19 @@ class Settler:
             self.metrics.lookups_queued.inc()
             # The estimate is what the hold settles to if the look-up gives up: the most
             # this request will be charged.
-            return Settled(min(outcome.cost_nano, hold.amount_nano), 0, pending=True)
+            return min(outcome.cost_nano, hold.amount_nano)
         charge = await self._retrying(lambda: self.store.settle(settlement))
         return self.booked(charge)
 
-    def booked(self, charge: Charge | None) -> Settled:
+    def booked(self, charge: Charge | None) -> int:
+        """Count a settled charge in the metrics; what was charged."""
         if charge is None:
-            return Settled(0, 0, pending=False)
+            return 0
         if charge.charged_nano:
             self.metrics.spend.inc(charge.charged_nano / 1e9)
         if charge.operator_nano:
             self.metrics.operator_excess.inc(charge.operator_nano / 1e9)
-        return Settled(charge.charged_nano, charge.operator_nano, pending=False)
+        return charge.charged_nano
 
     @staticmethod
     async def _retrying(step: Callable[[], Awaitable[T]]) -> T:
