@@ -77,9 +77,20 @@ TEST_SETTINGS = {"fsync": "off"}
 BENCH_SETTINGS = {"synchronous_commit": "off"}
 
 
-def start_cluster(folder: Path, *, settings: dict[str, str] | None = None) -> Cluster:
+def start_cluster(
+    folder: Path,
+    *,
+    settings: dict[str, str] | None = None,
+    listen: tuple[str, ...] = (),
+    trusted: tuple[str, ...] = (),
+) -> Cluster:
     """A fresh cluster in ``folder``, running, with these server ``settings`` over
-    PostgreSQL's defaults."""
+    PostgreSQL's defaults.
+
+    It listens on 127.0.0.1 and on the ``listen`` addresses too, and trusts connections
+    from the ``trusted`` networks (CIDR) besides loopback's: the multi-host tests reach it
+    from network namespaces of their own (:mod:`tests.netns`).
+    """
     bindir = _bindir()
     if bindir is None:
         raise RuntimeError(
@@ -96,9 +107,13 @@ def start_cluster(folder: Path, *, settings: dict[str, str] | None = None) -> Cl
                       "--no-sync", "-E", "UTF8"]),
         check=True, capture_output=True,
     )
+    if trusted:
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.writelines(f"host all all {network} trust\n" for network in trusted)
     port = _free_port()
     log = folder / "server.log"
-    options = ["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"]
+    addresses = ",".join(("127.0.0.1", *listen))
+    options = ["-c", f"listen_addresses={addresses}", "-c", "max_connections=200"]
     for key, value in (settings or {}).items():
         options += ["-c", f"{key}={value}"]
     with log.open("wb") as stderr:
@@ -118,11 +133,16 @@ def start_cluster(folder: Path, *, settings: dict[str, str] | None = None) -> Cl
 
 
 @contextlib.contextmanager
-def throwaway_cluster(*, settings: dict[str, str] | None = None) -> Iterator[Cluster]:
+def throwaway_cluster(
+    *,
+    settings: dict[str, str] | None = None,
+    listen: tuple[str, ...] = (),
+    trusted: tuple[str, ...] = (),
+) -> Iterator[Cluster]:
     """:func:`start_cluster` in a temporary folder, stopped and removed afterwards."""
     folder = Path(tempfile.mkdtemp(prefix="wattfare-pg-"))
     try:
-        cluster = start_cluster(folder, settings=settings)
+        cluster = start_cluster(folder, settings=settings, listen=listen, trusted=trusted)
         try:
             yield cluster
         finally:
