@@ -1,7 +1,8 @@
 """Real processes for the end-to-end tests: the simulated upstream, a uvicorn gateway, the
 ``wattfare`` command line, and read-only looks into the gateway's SQLite file.
 
-Everything here talks to loopback only, and every wait is bounded.
+Everything here talks to loopback only (or to the private network of
+:mod:`tests.netns`, whose namespaces the tests make), and every wait is bounded.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ STOP_TIMEOUT_S = 10.0
 SETTLE_TIMEOUT_S = 5.0
 
 
-def free_port() -> int:
-    """A port nobody listens on right now (bound to 0, then released)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on at ``host`` right now (bound to 0, then released)."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -96,22 +97,24 @@ class FakeUpstream:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
+    host: str = "127.0.0.1"
 
     @classmethod
-    def start(cls, log: Path) -> FakeUpstream:
-        port = free_port()
+    def start(cls, log: Path, *, host: str = "127.0.0.1") -> FakeUpstream:
+        port = free_port(host)
         with log.open("wb") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.fake_upstream", "--port", str(port)],
+                [sys.executable, "-m", "gateway.fake_upstream", "--host", host,
+                 "--port", str(port)],
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )
-        wait_healthy(f"http://127.0.0.1:{port}/healthz", process, log, "fake upstream")
-        return cls(port=port, process=process, log=log)
+        wait_healthy(f"http://{host}:{port}/healthz", process, log, "fake upstream")
+        return cls(port=port, process=process, log=log, host=host)
 
     @property
     def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def api(self) -> str:
@@ -166,11 +169,12 @@ class GatewayConfig:
             env["WATTFARE_DATABASE_URL"] = self.database_url
         return env
 
-    def toml(self, *, port: int, upstream_api: str, db: Path) -> str:
+    def toml(self, *, port: int, upstream_api: str, db: Path, host: str = "127.0.0.1") -> str:
         return (
             "[server]\n"
+            f'host = "{host}"\n'
             f"port = {port}\n"
-            f'public_url = "http://127.0.0.1:{port}"\n'
+            f'public_url = "http://{host}:{port}"\n'
             f"max_body_bytes = {self.max_body_bytes}\n"
             f"{self.server_extra}"
             "[upstream]\n"
@@ -239,7 +243,12 @@ def _keys(completed: subprocess.CompletedProcess[str]) -> AppKeys:
 
 @dataclass
 class Gateway:
-    """A ``wattfare serve`` process on its own port, database and stderr log."""
+    """A ``wattfare serve`` process on its own port, database and stderr log.
+
+    ``host`` is the address it listens on; ``launcher`` goes in front of its command (to
+    run it in a network namespace of :mod:`tests.netns`, as a host of its own). The
+    launcher must exec the command, so that the process's PID is the gateway's.
+    """
 
     workdir: Path
     upstream_api: str
@@ -247,6 +256,8 @@ class Gateway:
     database: Path | None = None  # another gateway's, to run two processes on one store
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
+    launcher: tuple[str, ...] = ()
 
     @property
     def config_path(self) -> Path:
@@ -262,7 +273,7 @@ class Gateway:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -270,14 +281,17 @@ class Gateway:
 
     def start(self) -> None:
         """Start (or restart, on a fresh port and the same database) the gateway."""
+        # (In a namespace of its own any port is free: one free here will do.)
         self.port = free_port()
         self.config_path.write_text(
-            self.config.toml(port=self.port, upstream_api=self.upstream_api, db=self.db)
+            self.config.toml(port=self.port, upstream_api=self.upstream_api, db=self.db,
+                             host=self.host)
         )
         env = self.config.env()
         with self.log.open("ab") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path)],
+                [*self.launcher, sys.executable, "-m", "gateway.cli", "serve", "--config",
+                 str(self.config_path)],
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 env=env,
