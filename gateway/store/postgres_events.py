@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import asyncpg
@@ -95,19 +94,28 @@ class EventsMixin:
             return []
         # Sequence numbers are taken at insert but become visible at commit, so a row can
         # appear below the cursor after it moved on: the last few seconds are read again,
-        # and rows already seen are skipped.
-        rows = await self.pool.fetch(
-            "SELECT seq, kind, app_id, user_id, created_at FROM events "
-            "WHERE seq > $1 OR created_at >= wattfare_now() - $2 ORDER BY seq LIMIT 1000",
-            self._cursor, RECENT_S,
-        )
-        fresh = [r for r in rows if r[0] not in self._seen]
+        # and rows already seen are skipped. The first column is the database's clock
+        # (the one row there always is, with no event, says only that).
+        rows = await self.pool.fetch(_READ, self._cursor, RECENT_S)
+        fresh = [r for r in rows if r[1] is not None and r[1] not in self._seen]
         for r in fresh:
-            self._seen[r[0]] = r[4]
-            self._cursor = max(self._cursor, r[0])
-        # Forgetting is by this node's clock: if it runs ahead, a change may be reported
-        # twice, which is harmless (cutting a cut stream, emptying an empty cache).
-        horizon = time.time() - 2 * RECENT_S
+            self._seen[r[1]] = r[5]
+            self._cursor = max(self._cursor, r[1])
+        # Forgotten once older than any read looks again, by the database's clock: a
+        # node's own, if wrong, would have it report each change again (ahead) or keep
+        # every one for ever (behind).
+        horizon = rows[0][0] - 2 * RECENT_S
         for seq in [seq for seq, at in self._seen.items() if at < horizon]:
             del self._seen[seq]
-        return [Change(seq=r[0], kind=r[1], app_id=r[2], user_id=r[3]) for r in fresh]
+        return [Change(seq=r[1], kind=r[2], app_id=r[3], user_id=r[4]) for r in fresh]
+
+
+# What changed after ``$1`` or in the last ``$2`` seconds, with the database's time.
+_READ = """
+SELECT wattfare_now(), e.seq, e.kind, e.app_id, e.user_id, e.created_at
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+    SELECT seq, kind, app_id, user_id, created_at FROM events
+    WHERE seq > $1 OR created_at >= wattfare_now() - $2 ORDER BY seq LIMIT 1000
+) AS e ON true
+ORDER BY e.seq
+"""
