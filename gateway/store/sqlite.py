@@ -123,6 +123,7 @@ class SQLiteStore(MeteringMixin, AccountsMixin, FundingMixin, AdminMixin):
         self._pending_lock = threading.Lock()
         self._draining = False
         self._checkpointer: asyncio.Task[None] | None = None
+        self._checkpoint_db: aiosqlite.Connection | None = None
         self.checkpoint_interval_s = CHECKPOINT_INTERVAL_S
         self.wal_restart_frames = WAL_RESTART_FRAMES
         self._wal_restart_due = False  # set by the checkpointer, acted on by _drain
@@ -141,13 +142,19 @@ class SQLiteStore(MeteringMixin, AccountsMixin, FundingMixin, AdminMixin):
         await self._run(self._migrate)
         await self._run(self._register_instance)
         if self.path != ":memory:":
-            self._checkpointer = asyncio.create_task(self._checkpoint_loop())
+            # Connected here, not in the task: a task cancelled while aiosqlite connects
+            # would leave that connection's thread running, unclosed.
+            self._checkpoint_db = await aiosqlite.connect(self.path, isolation_level=None)
+            self._checkpointer = asyncio.create_task(self._checkpoint_loop(self._checkpoint_db))
 
     async def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.cancel()
             await asyncio.gather(self._checkpointer, return_exceptions=True)
             self._checkpointer = None
+        if self._checkpoint_db is not None:
+            checkpoint_db, self._checkpoint_db = self._checkpoint_db, None
+            await checkpoint_db.close()
         # Let queued money transactions commit (bounded: a wedged connection is not
         # waited for forever).
         for _ in range(500):
@@ -228,7 +235,7 @@ class SQLiteStore(MeteringMixin, AccountsMixin, FundingMixin, AdminMixin):
             (self.instance_id, self.instance_id),
         )
 
-    async def _checkpoint_loop(self) -> None:
+    async def _checkpoint_loop(self, db: aiosqlite.Connection) -> None:
         """Move the WAL into the database about once a second, off the serving
         connection's thread (PASSIVE: never waits for, nor blocks, the writer).
 
@@ -241,20 +248,17 @@ class SQLiteStore(MeteringMixin, AccountsMixin, FundingMixin, AdminMixin):
         :meth:`_finish_checkpoint`): it copies only what came since this one, and the
         next transaction starts the log over.
         """
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            while True:
-                await asyncio.sleep(self.checkpoint_interval_s)
-                try:
-                    async with db.execute("PRAGMA wal_checkpoint(PASSIVE)") as cursor:
-                        row = await cursor.fetchone()
-                except sqlite3.Error as exc:
-                    log.warning("WAL checkpoint failed: %s", exc)
-                    continue
-                if row is not None and int(row[1]) >= self.wal_restart_frames:
-                    self._wal_restart_due = True
-        finally:
-            await db.close()
+        while True:
+            await asyncio.sleep(self.checkpoint_interval_s)
+            try:
+                row = await self._run_on(
+                    db, lambda c: c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                )
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint failed: %s", exc)
+                continue
+            if row is not None and int(row[1]) >= self.wal_restart_frames:
+                self._wal_restart_due = True
 
     def _finish_checkpoint(self, conn: sqlite3.Connection) -> None:
         """On the connection's thread, between transactions: copy the rest of the log, so
