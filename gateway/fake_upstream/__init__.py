@@ -15,14 +15,17 @@ Paths:
 - `GET /api/v1/models` (prices, no key needed, as at OpenRouter); `GET /v1/models`
   (OpenAI's `{"object": "list", "data": [{"id", "object", "created", "owned_by"}]}`).
 - `GET /api/v1/generation?id=gen-…`: `{"data": {...}}` of the last 10,000 generations,
-  404 until `generation_delay_ms` after each ends (`generations.py`).
+  404 until `generation_delay_ms` after each ends (`generations.py`), and 404 to a key of
+  another account than the one billed (a person's issued keys are that person's account;
+  any other key is an account of its own).
 - `GET /api/v1/key`: the calling key's limit and usage (`accounts.py`).
 - `GET /auth?callback_url=…&code_challenge=…&code_challenge_method=S256`, its form's
   `POST /auth/decision`, and `POST /api/v1/auth/keys`: the OAuth PKCE flow that issues a
   key billed to a person's own credits (`oauth.py`).
 - Test-only, not OpenRouter's: `GET /_fake/ledger[?key=K]` (what each key and person was
-  billed, nano-USD), `GET /_fake/ledger?id=ID` (one generation's bill, on either dialect,
-  readable at once: `{"id", "key", "billed_nano_usd"}`), `POST /_fake/person` and
+  billed, nano-USD, and how many generation look-ups each key made),
+  `GET /_fake/ledger?id=ID` (one generation's bill, on either dialect, readable at once:
+  `{"id", "key", "billed_nano_usd"}`), `POST /_fake/person` and
   `POST /_fake/key` (credits, limits, revoked keys; `admin.py`);
   `GET /api/v1/_last_request` and `GET /v1/_last_request` (the lowercase headers and JSON
   body of the most recent chat request, to check what a proxy forwarded); `GET /healthz`

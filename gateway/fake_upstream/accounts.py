@@ -110,6 +110,7 @@ class Refusal:
 class _Bill:
     billed_nano: int = 0
     requests: int = 0
+    lookups: int = 0
 
 
 class Accounts:
@@ -141,6 +142,19 @@ class Accounts:
         issued = IssuedKey("sk-or-v1-" + secrets.token_hex(32), user_id, limit_nano)
         self._keys[issued.key] = issued
         return issued
+
+    def account_of(self, key: str) -> str:
+        """The account `key` belongs to: its person's for an issued key; any other key
+        (the operator's) is an account of its own."""
+        issued = self._keys.get(key)
+        return "user:" + issued.user_id if issued is not None else "key:" + key
+
+    def looked_up(self, key: str) -> None:
+        """Count a generation look-up made with `key`."""
+        bill = self._bills.get(key)
+        if bill is None:
+            bill = self._bills[key] = _Bill()
+        bill.lookups += 1
 
     def issued(self, key: str) -> IssuedKey | None:
         """The issued key `key` (revoked or not), or None for any other key."""
@@ -201,6 +215,7 @@ class Accounts:
         return {
             "billed_nano_usd": bill.billed_nano,
             "requests": bill.requests,
+            "lookups": bill.lookups,
             "user_id": issued.user_id if issued else None,
             "limit_nano_usd": issued.limit_nano if issued else None,
             "revoked": issued.revoked if issued else False,

@@ -123,15 +123,18 @@ class _FakeUpstream:
         await respond(send, 200, orjson.dumps({"headers": headers, "body": body}))
 
     async def _generation(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (error := self._auth_error(bearer(scope))) is not None:
-            await respond(send, 401, error)
+        key = bearer(scope)
+        if (error := self._auth_error(key)) is not None or key is None:
+            await respond(send, 401, error or _NO_CREDENTIALS)
             return
         generation_id = query(scope, "id")
         if generation_id is None:
             await respond(send, 400, wire.error_body(400, "Missing required parameter: id"))
             return
+        self._accounts.looked_up(key)
         found = self._generations.get(generation_id, now=time.monotonic())
-        if found is None:
+        # A generation is its account's: another account's key learns nothing of it.
+        if found is None or found.account != self._accounts.account_of(key):
             body = wire.error_body(404, f"Generation {generation_id} not found")
             await respond(send, 404, body)
             return
@@ -262,6 +265,7 @@ class _FakeUpstream:
                 external_user=user if isinstance(user, str) else None,
                 encoding=plan.knobs.encoding,
                 available_at=ended + outcome.tail_s + plan.knobs.generation_delay_ms / 1000,
+                account=self._accounts.account_of(plan.key),
             )
         )
 

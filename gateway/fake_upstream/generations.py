@@ -47,6 +47,9 @@ class Generation:
     external_user: str | None
     encoding: Encoding
     available_at: float
+    # The account the generation was billed to (:meth:`Accounts.account_of`): only that
+    # account's keys can read its record.
+    account: str
 
     def as_json(self) -> bytes:
         """The `{"data": {...}}` body, with OpenRouter's documented fields."""

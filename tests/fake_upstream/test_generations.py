@@ -91,6 +91,31 @@ def test_record_answers_404_for_a_moment_after_the_end(client: httpx.Client) -> 
         assert wait_readable(client, generation_id) >= delay_ms / 1000 - 0.1
 
 
+def test_a_generation_is_readable_only_by_its_accounts_keys(
+    client: httpx.Client, upstream: Upstream
+) -> None:
+    """A person's key (issued through the PKCE flow) and the operator's key are different
+    accounts: each reads its own generations only, and the ledger counts the look-ups."""
+    person = "user_" + "p" * 27
+    made = httpx.post(f"{upstream.root}/_fake/key", timeout=5, json={"user_id": person})
+    assert made.status_code == 201, made.text
+    theirs_key = made.json()["key"]
+    with keyed(client, theirs_key) as theirs:
+        response, _ = stream(theirs, chat(chunks=3, generation_delay_ms=0))
+        generation_id = response.headers["x-generation-id"]
+        assert generation(theirs, generation_id)["tokens_completion"] == 3
+    operators = client.get("/generation", params={"id": generation_id})
+    assert operators.status_code == 404
+    assert operators.json()["error"]["message"] == f"Generation {generation_id} not found"
+    own, _ = stream(client, chat(chunks=2, generation_delay_ms=0))
+    with keyed(client, theirs_key) as theirs:
+        hidden = theirs.get("/generation", params={"id": own.headers["x-generation-id"]})
+        assert hidden.status_code == 404
+    entry = httpx.get(f"{upstream.root}/_fake/ledger", params={"key": theirs_key},
+                      timeout=5).json()
+    assert (entry["requests"], entry["lookups"], entry["user_id"]) == (1, 2, person)
+
+
 def test_lookup_errors(client: httpx.Client) -> None:
     missing = client.get("/generation", params={"id": "gen-0-nothing"})
     assert missing.status_code == 404
@@ -107,7 +132,8 @@ def test_aborted_stream_bills_what_a_cancellable_provider_made(
     body = chat(gap_ms=150, chunks=40, generation_delay_ms=0)
     generation_id = _leave(client, body, key)
     wait_idle(upstream)
-    record = generation(client, generation_id)
+    with keyed(client, key) as theirs:
+        record = generation(theirs, generation_id)
     assert record["cancelled"] is True
     assert record["finish_reason"] is None
     made = record["tokens_completion"]
@@ -116,11 +142,16 @@ def test_aborted_stream_bills_what_a_cancellable_provider_made(
     assert billed_nano(upstream.root, key) == nano(mini_cost(made))
 
 
-def _leave(client: httpx.Client, body: object, key: str) -> str:
-    with httpx.Client(
+def keyed(client: httpx.Client, key: str) -> httpx.Client:
+    """A client of the same upstream with another key (another account's)."""
+    return httpx.Client(
         base_url=str(client.base_url), headers={"authorization": f"Bearer {key}"}, timeout=10
-    ) as keyed:
-        return leave_after_first_content(keyed, body)
+    )
+
+
+def _leave(client: httpx.Client, body: object, key: str) -> str:
+    with keyed(client, key) as theirs:
+        return leave_after_first_content(theirs, body)
 
 
 @pytest.mark.parametrize(
@@ -139,11 +170,12 @@ def test_aborted_stream_bills_in_full_where_the_provider_cannot_cancel(
     generation_id = _leave(client, body, key)
     left_at = time.monotonic()
     wait_idle(upstream)
-    # The provider runs on to its end (11 more gaps of 50 ms) before the record appears.
-    assert client.get("/generation", params={"id": generation_id}).status_code == 404
-    wait_readable(client, generation_id)
-    assert time.monotonic() - left_at >= 0.4
-    record = generation(client, generation_id)
+    with keyed(client, key) as theirs:
+        # The provider runs on to its end (11 more gaps of 50 ms) before the record appears.
+        assert theirs.get("/generation", params={"id": generation_id}).status_code == 404
+        wait_readable(theirs, generation_id)
+        assert time.monotonic() - left_at >= 0.4
+        record = generation(theirs, generation_id)
     assert record["cancelled"] is True
     assert record["tokens_completion"] == 12
     assert record["finish_reason"] == "stop"
@@ -158,10 +190,10 @@ def test_mid_stream_error_is_recorded_with_what_was_made(
     body = chat(fault="mid_stream_error", fault_after=3, generation_delay_ms=0)
     with httpx.Client(
         base_url=upstream.api, headers={"authorization": f"Bearer {key}"}, timeout=10
-    ) as keyed:
-        response, evs = stream(keyed, body)
+    ) as theirs:
+        response, evs = stream(theirs, body)
+        record = generation(theirs, response.headers["x-generation-id"])
     assert b'"usage"' not in b"".join(evs)
-    record = generation(client, response.headers["x-generation-id"])
     assert (record["finish_reason"], record["cancelled"]) == ("error", False)
     assert record["tokens_completion"] == 3
     assert record["total_cost"] == mini_cost(3)
