@@ -4,10 +4,11 @@ A plain ASGI handler (the hot path):
 
 1. **admit**: credential → principal (cached verification); the body read (bounded),
    checked, routed to its upstream and priced; the upstream body rewritten (usage asked
-   for, ``max_tokens`` bounded by what the hold pays for) and encoded; then, and only
-   then, a *hold* reserved in the store (one transaction, which also re-checks the app's
-   key version and the connection). Whatever is refused before the hold leaves nothing
-   behind; nothing after it can be refused without the settle step.
+   for, ``max_tokens`` bounded by what the hold pays for) and encoded; whose key pays
+   resolved (:mod:`gateway.funding`); then, and only then, a *hold* reserved in the
+   store for that funder (one transaction, which also re-checks the app's key version
+   and the connection). Whatever is refused before the hold leaves nothing behind;
+   nothing after it can be refused without the settle step.
 2. **relay**: the upstream request (the caller's headers are never forwarded), streamed
    (:mod:`gateway.relay.stream`) or read whole (:mod:`gateway.relay.complete`); it
    returns an :class:`Outcome` and never touches money.
@@ -144,9 +145,8 @@ class Admitted:
     bound: int
     # The parsed body, kept only until the bound is fitted to the hold.
     body: dict[str, Any] | None
+    funding: Funding = OPERATOR
     lowered_bound: int | None = None
-    api_key: str | None = None
-    funded_by: str = "operator"
 
 
 class ChatCompletions:
@@ -200,10 +200,9 @@ class ChatCompletions:
         watch = DisconnectWatch(receive)
         tail: Tail | None = None
         refusal: GatewayError | None = None
-        funding = OPERATOR
+        funding = admitted.funding
         try:
             try:
-                funding = await self._fund(admitted)
                 self._fit(admitted)
                 if admitted.stream:
                     outcome, tail = await self.relay.stream(send, self._job(admitted),
@@ -213,7 +212,7 @@ class ChatCompletions:
                     outcome = await complete(
                         upstream=admitted.upstream, body=admitted.payload,
                         price=admitted.price, prompt_tokens=admitted.prompt_tokens,
-                        model=admitted.model, api_key=admitted.api_key,
+                        model=admitted.model, api_key=funding.key,
                     )
                     if watch.gone:
                         outcome.status, outcome.http_status = "client_disconnected", 499
@@ -256,19 +255,8 @@ class ChatCompletions:
     ) -> int:
         return await self.settler.settle(
             admitted.hold, outcome, record=record, started=started,
-            upstream=admitted.upstream, funded_by=admitted.funded_by,
+            upstream=admitted.upstream,
         )
-
-    async def _fund(self, admitted: Admitted) -> Funding:
-        """Whose key pays (:mod:`gateway.funding`): the operator's, or the person's own."""
-        principal = admitted.principal
-        assert principal.user_id is not None
-        funding = await self.state.funder.resolve(
-            app_id=principal.app.id, user_id=principal.user_id, mode=principal.app.mode,
-            upstream_kind=admitted.upstream.kind,
-        )
-        admitted.api_key, admitted.funded_by = funding.key, funding.funded_by
-        return funding
 
     @staticmethod
     def _job(admitted: Admitted) -> StreamJob:
@@ -277,7 +265,7 @@ class ChatCompletions:
         job = StreamJob(
             key=(principal.app.id, principal.user_id), hold=admitted.hold,
             price=admitted.price, prompt_tokens=admitted.prompt_tokens, model=admitted.model,
-            upstream=admitted.upstream, body=admitted.payload, api_key=admitted.api_key,
+            upstream=admitted.upstream, body=admitted.payload, api_key=admitted.funding.key,
             strip_usage=admitted.strip_usage, lowered_bound=admitted.lowered_bound,
         )
         admitted.payload = b""  # the relay lets go of it once sent
@@ -347,18 +335,44 @@ class ChatCompletions:
         upstream.prepare(body, stream=req.stream, max_tokens=bound)
         payload = encode(body)  # every refusal of the body comes before the hold
 
+        # Funding before the hold, so the hold records who pays (whoever settles or looks
+        # it up later, after a crash or on another node, uses the same funder), and a
+        # refusal to fund leaves nothing behind.
+        funding = await self._fund(principal, upstream)
         hold = await self._reserve(
             principal, record=record,
             want=price.cost_nano(prompt_tokens, bound),
             minimum=price.cost_nano(prompt_tokens, metering.min_completion_tokens),
-            model=req.model,
+            model=req.model, funded_by=funding.funded_by,
         )
         return Admitted(
             principal=principal, hold=hold, upstream=upstream, price=price,
             prompt_tokens=prompt_tokens, model=req.model, stream=req.stream,
             payload=payload, strip_usage=req.stream and not req.wants_usage,
-            bound=bound, body=body,
+            bound=bound, body=body, funding=funding,
         )
+
+    async def _fund(self, principal: Principal, upstream: Upstream) -> Funding:
+        """Whose key pays (:mod:`gateway.funding`): the operator's, or the person's own.
+        Costs no store round trip where only the operator pays, one read otherwise."""
+        assert principal.user_id is not None
+        app = principal.app
+        try:
+            return await self.state.funder.resolve(
+                app_id=app.id, user_id=principal.user_id, mode=app.mode,
+                upstream_kind=upstream.kind,
+            )
+        except FundingUnavailable as exc:
+            if exc.reason == "none":
+                # Nobody to pay: but a person who never connected, or whose connection
+                # was revoked, hears that first, as the hold's refusal would say it (the
+                # app's next step differs). A read on this refusal's path only.
+                conn = await self.state.store.connection(app.id, principal.user_id)
+                if conn is None and app.mode != "test":
+                    raise _not_connected() from None
+                if conn is not None and conn.status == "revoked":
+                    raise _revoked() from None
+            raise
 
     @staticmethod
     def _fit(admitted: Admitted) -> None:
@@ -376,7 +390,8 @@ class ChatCompletions:
             admitted.payload = encode(body)
 
     async def _reserve(
-        self, principal: Principal, *, record: RequestRecord, want: int, minimum: int, model: str
+        self, principal: Principal, *, record: RequestRecord, want: int, minimum: int,
+        model: str, funded_by: str,
     ) -> Hold:
         assert principal.user_id is not None
         app = principal.app
@@ -394,6 +409,7 @@ class ChatCompletions:
                     auto_connect=app.mode == "test",
                     requested_cap_nano=principal.requested_cap_nano,
                     default_cap_nano=metering.default_monthly_nano,
+                    funded_by=funded_by,
                 )
             )
         except StaleCredential:
@@ -401,14 +417,20 @@ class ChatCompletions:
                 raise InvalidApiKey("Unknown or rolled secret key.") from None
             raise InvalidSession("Session token names an unknown or rolled app.") from None
         except NoConnection:
-            raise NotConnected(
-                "This user has not connected an AI budget to this app yet."
-            ) from None
+            raise _not_connected() from None
         except Revoked:
-            raise ConnectionRevoked("This user's connection to this app was revoked.") from None
+            raise _revoked() from None
         except CapReached as exc:
             raise SpendCapReached(
                 "This user's monthly AI budget is used up."
                 if exc.budget
                 else "This user's monthly spending cap for this app is reached."
             ) from None
+
+
+def _not_connected() -> NotConnected:
+    return NotConnected("This user has not connected an AI budget to this app yet.")
+
+
+def _revoked() -> ConnectionRevoked:
+    return ConnectionRevoked("This user's connection to this app was revoked.")

@@ -31,7 +31,7 @@ FIRST_LOOKUP_S = 1.0
 
 
 def settlement_of(
-    hold: Hold, outcome: Outcome, *, record: RequestRecord, started: float, funded_by: str
+    hold: Hold, outcome: Outcome, *, record: RequestRecord, started: float
 ) -> Settlement:
     return Settlement(
         hold_id=hold.id,
@@ -47,7 +47,7 @@ def settlement_of(
         ttfb_ms=None if record.ttfb is None else record.ttfb * 1000,
         duration_ms=(time.perf_counter() - started) * 1000,
         generation_id=outcome.generation_id,
-        funded_by=funded_by,
+        funded_by=hold.funded_by,  # whoever the hold was reserved for
     )
 
 
@@ -58,13 +58,12 @@ class Settler:
 
     async def settle(
         self, hold: Hold, outcome: Outcome, *, record: RequestRecord, started: float,
-        upstream: Upstream | None, funded_by: str = "operator",
+        upstream: Upstream | None,
     ) -> int:
         """Settle one request (or queue its look-up): what it was charged, so far (the
         most it will be charged while a look-up is pending). Raises only when the store
         kept failing, with the hold left for reconciliation."""
-        settlement = settlement_of(hold, outcome, record=record, started=started,
-                                   funded_by=funded_by)
+        settlement = settlement_of(hold, outcome, record=record, started=started)
         if (
             outcome.estimate_only
             and outcome.generation_id is not None

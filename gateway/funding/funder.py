@@ -1,10 +1,11 @@
 """A request's funding: whose upstream key pays for it, resolved once per request.
 
 With ``"user"`` among ``funding.modes`` this costs one store read per request (the
-connection's account's source, read after the hold is reserved): a disconnect in any
-process stops the next request everywhere. Opening a sealed key is cached per source
-(sources are never edited, only replaced under a new id), so the hot path does no
-cryptography after a source's first request.
+connection's account's source, read before the hold is reserved, so that the hold records
+its funder and a refusal leaves no hold): a disconnect in any process stops the next
+request everywhere. Opening a sealed key is cached per source (sources are never edited,
+only replaced under a new id), so the hot path does no cryptography after a source's
+first request.
 """
 
 from __future__ import annotations

@@ -186,6 +186,9 @@ class HoldRequest:
     auto_connect: bool
     requested_cap_nano: int | None
     default_cap_nano: int
+    # Who pays the upstream (see :class:`Settlement`), kept with the hold: whoever
+    # settles or looks it up later (after a crash, on another node) uses the same funder.
+    funded_by: str = "operator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +196,7 @@ class Hold:
     id: str
     amount_nano: int
     period: str  # the month it is charged to, by the store's clock
+    funded_by: str = "operator"
 
 
 @dataclass(frozen=True, slots=True)

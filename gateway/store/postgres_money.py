@@ -79,7 +79,7 @@ LEFT JOIN account_spend bs ON bs.account_id = h.account_id AND bs.period = h.per
 WHERE h.id = $1
 """
 
-_HOLD_FIELDS = "id, request_id, model, used_nano, created_at, generation_id"
+_HOLD_FIELDS = "id, request_id, model, used_nano, created_at, generation_id, funded_by"
 
 
 def _account(budget: int | None, settled: int | None, held: int | None) -> rules.Pool | None:
@@ -194,9 +194,9 @@ class MeteringMixin:
                 continue
             row = await con.fetchrow(
                 "SELECT * FROM wattfare_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
-                "$12, $13, $14, $15, $16, $17, $18, $19, $20)",
+                "$12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
                 req.app_id, req.user_id, period, hold_id, req.request_id, req.model,
-                self.instance_id, *snapshot,
+                self.instance_id, req.funded_by, *snapshot,
                 admitted.amount_nano, admitted.cap_nano, admitted.write,
             )
             assert row is not None
@@ -207,7 +207,8 @@ class MeteringMixin:
                 snapshots.put(key, tuple(after))
                 snapshots.held(key, admitted.amount_nano)
                 snapshots.keep_hold(hold_id, key, admitted.amount_nano)
-                return Hold(id=hold_id, amount_nano=admitted.amount_nano, period=period)
+                return Hold(id=hold_id, amount_nano=admitted.amount_nano, period=period,
+                            funded_by=req.funded_by)
             # Something changed meanwhile (or the month did): decide again on what the
             # function found.
             period, snapshot, fresh = row[1], tuple(row[2:]), True

@@ -363,6 +363,100 @@ BEGIN
 END $$;
 """
 
+# Migration 4: a hold records who funds it. wattfare_reserve() is replaced by one that
+# writes the hold's funder; otherwise the same step.
+_RESERVE_FUNDED = """
+ALTER TABLE holds ADD COLUMN funded_by TEXT NOT NULL DEFAULT 'operator';
+UPDATE holds SET funded_by = settlement::jsonb ->> 'funded_by'
+    WHERE settlement IS NOT NULL
+    AND jsonb_typeof(settlement::jsonb -> 'funded_by') = 'string';
+DROP FUNCTION wattfare_reserve(
+    TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT,
+    INTEGER, TEXT, BIGINT, TEXT, TEXT, BIGINT, BIGINT, BIGINT, BIGINT, BIGINT,
+    BIGINT, BIGINT, TEXT);
+
+CREATE FUNCTION wattfare_reserve(
+    p_app TEXT, p_user TEXT, p_period TEXT, p_hold TEXT, p_request TEXT, p_model TEXT,
+    p_instance TEXT, p_funded_by TEXT,
+    e_key_version INTEGER, e_app_status TEXT, e_cap BIGINT, e_status TEXT, e_account TEXT,
+    e_settled BIGINT, e_held BIGINT, e_budget BIGINT, e_a_settled BIGINT, e_a_held BIGINT,
+    d_amount BIGINT, d_cap BIGINT, d_write TEXT,
+    OUT ok BOOLEAN, OUT period TEXT, OUT key_version INTEGER, OUT app_status TEXT,
+    OUT cap_nano BIGINT, OUT conn_status TEXT, OUT account_id TEXT, OUT settled_nano BIGINT,
+    OUT held_nano BIGINT,
+    OUT budget_nano BIGINT, OUT a_settled_nano BIGINT, OUT a_held_nano BIGINT
+) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now BIGINT := wattfare_now();
+    v_asked TEXT := p_period;
+BEGIN
+    ok := false;
+    period := wattfare_period();
+    settled_nano := 0; held_nano := 0;
+    SELECT a.key_version, a.status INTO key_version, app_status
+        FROM apps a WHERE a.id = p_app FOR SHARE;
+    IF period IS DISTINCT FROM p_period THEN
+        p_period := period;  -- a new month: its totals are the ones to compare
+    END IF;
+    IF d_write = 'update_cap' THEN
+        SELECT c.cap_nano, c.status, c.account_id INTO cap_nano, conn_status, account_id
+            FROM connections c WHERE c.app_id = p_app AND c.user_id = p_user
+            FOR NO KEY UPDATE;
+    ELSE
+        SELECT c.cap_nano, c.status, c.account_id INTO cap_nano, conn_status, account_id
+            FROM connections c WHERE c.app_id = p_app AND c.user_id = p_user FOR SHARE;
+    END IF;
+    IF conn_status IS NOT NULL THEN
+        INSERT INTO spend AS s (app_id, user_id, period) VALUES (p_app, p_user, p_period)
+            ON CONFLICT DO NOTHING;
+        SELECT s.settled_nano, s.held_nano INTO settled_nano, held_nano FROM spend s
+            WHERE s.app_id = p_app AND s.user_id = p_user AND s.period = p_period FOR UPDATE;
+        IF account_id IS NOT NULL THEN
+            SELECT a.budget_nano INTO budget_nano FROM accounts a WHERE a.id = account_id
+                FOR SHARE;
+            budget_nano := COALESCE(budget_nano, 0);
+            INSERT INTO account_spend (account_id, period) VALUES (account_id, p_period)
+                ON CONFLICT DO NOTHING;
+            SELECT s.settled_nano, s.held_nano INTO a_settled_nano, a_held_nano
+                FROM account_spend s WHERE s.account_id = wattfare_reserve.account_id
+                AND s.period = p_period FOR UPDATE;
+        END IF;
+    END IF;
+    IF (period, key_version, app_status, cap_nano, conn_status, account_id, settled_nano,
+        held_nano, budget_nano, a_settled_nano, a_held_nano)
+       IS DISTINCT FROM (v_asked, e_key_version, e_app_status, e_cap,
+        e_status, e_account, e_settled, e_held, e_budget, e_a_settled, e_a_held) THEN
+        RETURN;  -- something changed since the read: decide again on these values
+    END IF;
+    IF d_write = 'insert' THEN
+        INSERT INTO connections (app_id, user_id, cap_nano, status, created_at, updated_at)
+            VALUES (p_app, p_user, d_cap, 'connected', v_now, v_now) ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN  -- another request connected this user first: nothing written
+            SELECT c.cap_nano, c.status, c.account_id INTO cap_nano, conn_status, account_id
+                FROM connections c WHERE c.app_id = p_app AND c.user_id = p_user;
+            RETURN;
+        END IF;
+        INSERT INTO spend (app_id, user_id, period) VALUES (p_app, p_user, p_period)
+            ON CONFLICT DO NOTHING;
+    ELSIF d_write = 'update_cap' THEN
+        UPDATE connections c SET cap_nano = d_cap, updated_at = v_now
+            WHERE c.app_id = p_app AND c.user_id = p_user;
+    END IF;
+    INSERT INTO holds (id, request_id, app_id, user_id, period, model, amount_nano,
+                       instance_id, created_at, updated_at, account_id, funded_by)
+        VALUES (p_hold, p_request, p_app, p_user, p_period, p_model, d_amount, p_instance,
+                v_now, v_now, e_account, p_funded_by);
+    UPDATE spend s SET held_nano = s.held_nano + d_amount
+        WHERE s.app_id = p_app AND s.user_id = p_user AND s.period = p_period;
+    IF e_account IS NOT NULL THEN
+        UPDATE account_spend s SET held_nano = s.held_nano + d_amount
+            WHERE s.account_id = e_account AND s.period = p_period;
+    END IF;
+    ok := true;
+END $$;
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: everything the SQLite store's migrations 1-3 hold, and the money steps.
     _TABLES + _RESERVE + _EXTEND + _SETTLE,
@@ -397,4 +491,6 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE accounts ADD COLUMN status TEXT NOT NULL DEFAULT 'active'
         CHECK (status IN ('active', 'disabled'))
     """,
+    # 4: a hold records who funds it (the SQLite store's migration 6).
+    _RESERVE_FUNDED,
 )

@@ -69,14 +69,16 @@ def _add_held(conn: sqlite3.Connection, key: tuple[str, str, str], account: str 
 
 
 def reconciled(hold: tuple[Any, ...], now: float) -> Settlement:
-    """What a hold left by a lost request is charged: its last checkpoint.
-    ``hold`` is ``(id, request_id, model, used_nano, created_at, generation_id)``."""
-    hold_id, request_id, model, used, created, generation_id = hold
+    """What a hold left by a lost request is charged: its last checkpoint, booked to the
+    hold's own funder. ``hold`` is a row of ``_HOLD_FIELDS``: ``(id, request_id, model,
+    used_nano, created_at, generation_id, funded_by)``."""
+    hold_id, request_id, model, used, created, generation_id, funded_by = hold
     return Settlement(
         hold_id=hold_id, request_id=request_id, model=model, cost_nano=used,
         cost_source="reconciled", prompt_tokens=0, completion_tokens=0, status="reconciled",
         http_status=0, error_code="process_lost", ttfb_ms=None,
         duration_ms=float(max(0.0, now - created) * 1000), generation_id=generation_id,
+        funded_by=funded_by,
     )
 
 
@@ -88,7 +90,7 @@ def settlement_of(text: str) -> Settlement:
     return Settlement(**orjson.loads(text))
 
 
-_HOLD_FIELDS = "id, request_id, model, used_nano, created_at, generation_id"
+_HOLD_FIELDS = "id, request_id, model, used_nano, created_at, generation_id, funded_by"
 
 
 class MeteringMixin:
@@ -198,13 +200,14 @@ class MeteringMixin:
         hold_id = "hold_" + req.request_id  # request ids are unique
         conn.execute(
             "INSERT INTO holds (id, request_id, app_id, user_id, period, model, amount_nano, "
-            "used_nano, instance_id, created_at, updated_at, account_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
+            "used_nano, instance_id, created_at, updated_at, account_id, funded_by) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
             (hold_id, req.request_id, req.app_id, req.user_id, period, req.model,
-             admitted.amount_nano, self.instance_id, stamp, stamp, account_id),
+             admitted.amount_nano, self.instance_id, stamp, stamp, account_id, req.funded_by),
         )
         _add_held(conn, (req.app_id, req.user_id, period), account_id, admitted.amount_nano)
-        return Hold(id=hold_id, amount_nano=admitted.amount_nano, period=period)
+        return Hold(id=hold_id, amount_nano=admitted.amount_nano, period=period,
+                    funded_by=req.funded_by)
 
     async def extend(self, hold_id: str, *, add_nano: int, used_nano: int) -> Extension:
         def body(conn: sqlite3.Connection) -> Extension:

@@ -181,4 +181,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE accounts ADD COLUMN status TEXT NOT NULL DEFAULT 'active'
         CHECK (status IN ('active', 'disabled'))
     """,
+    # 6: a hold records who funds it, so that whoever settles or looks it up after its
+    # process is gone books it to the same funder and asks the upstream with that
+    # funder's key. A hold already deferred knows it from its stored settlement.
+    """
+    ALTER TABLE holds ADD COLUMN funded_by TEXT NOT NULL DEFAULT 'operator';
+    UPDATE holds SET funded_by = json_extract(settlement, '$.funded_by')
+        WHERE settlement IS NOT NULL AND json_valid(settlement)
+        AND json_type(settlement, '$.funded_by') = 'text';
+    """,
 )

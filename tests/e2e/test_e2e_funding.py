@@ -34,7 +34,11 @@ from .harness import (
     FakeUpstream,
     Gateway,
     GatewayConfig,
+    assert_consistent,
+    chat_body,
+    iter_events,
     query,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -47,8 +51,10 @@ REQUEST = re.compile(r'name="request" value="([^"]+)"')
 
 @pytest.fixture(scope="module")
 def gateway_config(fake: FakeUpstream) -> GatewayConfig:
+    # Checkpoints every 0.2 s, so a hold records what its stream used before a crash.
     return GatewayConfig(
-        extra=f'[funding]\nmodes = ["user"]\nopenrouter_auth_url = "{fake.root}/auth"\n'
+        checkpoint_interval_s=0.2,
+        extra=f'[funding]\nmodes = ["user"]\nopenrouter_auth_url = "{fake.root}/auth"\n',
     )
 
 
@@ -170,6 +176,12 @@ def key_of(fake: FakeUpstream, openrouter_id: str) -> str:
     return keys[0]
 
 
+def key_entry(fake: FakeUpstream, key: str) -> dict[str, Any]:
+    entry: dict[str, Any] = httpx.get(f"{fake.root}/_fake/ledger", params={"key": key},
+                                      timeout=5).json()
+    return entry
+
+
 def refused(client: openai.OpenAI, *, key: str | None = None) -> openai.APIStatusError:
     with pytest.raises(openai.APIStatusError) as caught:
         stream(client)
@@ -233,6 +245,66 @@ async def _open_copy(db: Path, account_id: str, kek: str) -> str | None:
         return None
 
 
+def test_a_user_funded_stream_killed_mid_way_is_reconciled_on_the_persons_key(
+    gateway: Gateway, fake: FakeUpstream, live_app: AppKeys, person: Person
+) -> None:
+    """The gateway is killed (-9) mid-stream and restarted: its hold, reconciled by the
+    new process, is charged the upstream's record of that generation, booked to the
+    person, and the record is read with the person's key (the operator's cannot read a
+    generation of the person's account)."""
+    user = "u-" + uuid.uuid4().hex[:8]
+    person.sign_up()
+    person.connect_openrouter()
+    person.approve(live_app, user)
+    key = key_of(fake, person.openrouter_id)
+    operator_before = key_entry(fake, OPERATOR_KEY)
+    headers = {"Authorization": f"Bearer {live_app.secret_key}", "Wattfare-User": user}
+    body = chat_body("hi", chunks=100, gap_ms=100)  # 10 s: still running when killed
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body,
+                      headers=headers, timeout=20) as response:
+        assert response.status_code == 200
+        events = iter_events(response)
+        seen = 0
+        for _, event in events:
+            seen += b'"content":"tok "' in event
+            used = query(gateway.db, "SELECT used_nano FROM holds WHERE user_id = ?", (user,))
+            if seen >= 5 and used and used[0][0] > 0:
+                break
+        else:
+            pytest.fail("the stream ended before a checkpoint was recorded")
+        gateway.stop(kill=True)
+        with pytest.raises(httpx.TransportError):
+            for _ in events:
+                pass
+    assert gateway.process is not None and gateway.process.returncode == -9
+    account_id = query(gateway.db, "SELECT id FROM accounts WHERE email = ?",
+                       (person.email,))[0][0]
+    [(funded_by, generation_id)] = query(
+        gateway.db, "SELECT funded_by, generation_id FROM holds WHERE user_id = ?", (user,)
+    )
+    assert funded_by == "account:" + account_id and generation_id
+
+    gateway.start()  # same database, fresh process: it reconciles the dead one's hold
+    assert_consistent(gateway.db, timeout=30)
+    [(status, source, code, cost, booked_to, row_generation)] = query(
+        gateway.db, "SELECT status, cost_source, error_code, cost_nano, funded_by, "
+        "generation_id FROM ledger WHERE user_id = ?", (user,),
+    )
+    bill = httpx.get(f"{fake.root}/_fake/ledger", params={"id": generation_id},
+                     timeout=5).json()
+    assert bill["key"] == key  # the person's key paid for the generation
+    assert (status, source, code, booked_to, row_generation) == (
+        "reconciled", "generation", "process_lost", "account:" + account_id, generation_id
+    )
+    assert cost == bill["billed_nano_usd"] > 0
+    entry = key_entry(fake, key)
+    assert entry["requests"] == 1 and entry["lookups"] >= 1
+    operator_after = key_entry(fake, OPERATOR_KEY)
+    assert operator_after["billed_nano_usd"] == operator_before["billed_nano_usd"]
+    assert operator_after["lookups"] == operator_before["lookups"]
+    assert wait_until(lambda: fake.in_flight() == 0, timeout=5)
+
+
 def test_the_upstreams_refusals_become_funding_unavailable(
     gateway: Gateway, fake: FakeUpstream, live_app: AppKeys, person: Person
 ) -> None:
@@ -269,9 +341,11 @@ def test_the_upstreams_refusals_become_funding_unavailable(
         done = person.web.post("/funding/disconnect", data={"csrf": person.csrf()})
         assert done.status_code == 303
         assert "not connected a funding source" in refused(client).message
+    # The upstream's three refusals were relayed (a hold, released: rows costing
+    # nothing); nobody to pay is refused before any hold, so it leaves no row.
     rows = query(gateway.db, "SELECT status, error_code, cost_nano FROM ledger "
                  "WHERE user_id = ? AND error_code = 'funding_unavailable'", (user,))
-    assert len(rows) == 4 and all(r[2] == 0 for r in rows)
+    assert len(rows) == 3 and all(r[2] == 0 for r in rows)
     assert query(gateway.db, "SELECT COUNT(*) FROM holds")[0][0] == 0
     assert key not in gateway.stderr()
 
@@ -313,3 +387,35 @@ def test_a_code_from_another_attempt_fails_the_pkce_check(
     account = query(gateway.db, "SELECT id FROM accounts WHERE email = ?", (person.email,))
     assert query(gateway.db, "SELECT COUNT(*) FROM funding_sources WHERE account_id = ?",
                  (account[0][0],)) == [(0,)]
+
+
+def test_who_is_not_connected_hears_so_before_who_pays(
+    gateway: Gateway, fake: FakeUpstream, live_app: AppKeys, person: Person
+) -> None:
+    """With people paying for themselves, a user the app never connected is told
+    ``not_connected`` (the app's cue to ask for consent), and a revoked one
+    ``connection_revoked``, not ``funding_unavailable``; neither leaves a hold or a row."""
+    stranger = "u-" + uuid.uuid4().hex[:8]
+    with sdk(gateway, live_app, stranger) as client, pytest.raises(
+        openai.APIStatusError
+    ) as caught:
+        stream(client)
+    assert (caught.value.status_code, caught.value.code) == (403, "not_connected")
+
+    user = "u-" + uuid.uuid4().hex[:8]
+    person.sign_up()
+    person.connect_openrouter()
+    person.approve(live_app, user)
+    done = person.web.post("/funding/disconnect", data={"csrf": person.csrf()})
+    assert done.status_code == 303  # connected, but no OpenRouter account to pay with
+    with sdk(gateway, live_app, user) as client:
+        assert "not connected a funding source" in refused(client).message
+        gone = httpx.delete(f"{gateway.url}/v1/connection", timeout=10, headers={
+            "Authorization": f"Bearer {live_app.secret_key}", "Wattfare-User": user})
+        assert gone.status_code in (200, 204), gone.text
+        with pytest.raises(openai.APIStatusError) as caught:
+            stream(client)
+        assert (caught.value.status_code, caught.value.code) == (403, "connection_revoked")
+    assert query(gateway.db, "SELECT COUNT(*) FROM ledger WHERE user_id IN (?, ?)",
+                 (stranger, user)) == [(0,)]
+    assert query(gateway.db, "SELECT COUNT(*) FROM holds")[0][0] == 0

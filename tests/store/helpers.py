@@ -17,11 +17,12 @@ def hold_request(
     key_version: int = 1,
     auto: bool = True,
     cap: int | None = 1000,
+    funded_by: str = "operator",
 ) -> HoldRequest:
     return HoldRequest(
         request_id="req_" + uuid.uuid4().hex, app_id=app_id, user_id=user,
         key_version=key_version, model="m", want_nano=want, min_nano=minimum,
-        auto_connect=auto, requested_cap_nano=cap, default_cap_nano=500,
+        auto_connect=auto, requested_cap_nano=cap, default_cap_nano=500, funded_by=funded_by,
     )
 
 

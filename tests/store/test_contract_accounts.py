@@ -17,10 +17,11 @@ from .helpers import settlement, this_month
 
 
 def hold_request(
-    app_id: str, user: str, *, want: int, auto: bool = False, cap: int | None = None
+    app_id: str, user: str, *, want: int, auto: bool = False, cap: int | None = None,
+    funded_by: str = "operator",
 ) -> HoldRequest:
     """A live-mode request by default (no auto-connection)."""
-    return _hold_request(app_id, user, want=want, auto=auto, cap=cap)
+    return _hold_request(app_id, user, want=want, auto=auto, cap=cap, funded_by=funded_by)
 
 
 async def connect(

@@ -146,3 +146,99 @@ async def test_a_deferred_hold_without_a_generation_settles_to_its_fallback(
     [row] = await store.ledger(app.id, "u")
     assert (row.cost_nano, row.cost_source) == (60, "estimate")
     await assert_consistent(backend)
+
+
+PERSON = "account:acct_p"
+
+
+async def test_a_hold_records_who_funds_it(store: Store, backend: Backend) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+    hold = await store.reserve(hold_request(app.id, "u", want=100, funded_by=PERSON))
+    assert hold.funded_by == PERSON
+    plain = await store.reserve(hold_request(app.id, "u", want=100))
+    assert plain.funded_by == "operator"
+    assert sorted(await backend.rows("SELECT id, funded_by FROM holds")) == sorted(
+        [(hold.id, PERSON), (plain.id, "operator")]
+    )
+    await store.settle(settlement(hold.id, 1, funded_by=hold.funded_by))
+    await store.settle(settlement(plain.id, 1))
+
+
+async def test_a_dead_instances_user_funded_holds_keep_their_funder(
+    backend: Backend,
+) -> None:
+    """Another node (or the next start) settles or looks up a dead node's holds: booked
+    to the person who funded them, and the look-up names that funder."""
+    dead, alive = backend.new_store(), backend.new_store()
+    await dead.open()
+    await alive.open()
+    try:
+        app = (await dead.create_app(name="a", mode="test", origins=())).app
+        lost = await dead.reserve(hold_request(app.id, "u", want=500, funded_by=PERSON))
+        await dead.extend(lost.id, add_nano=0, used_nano=50)
+        named = await dead.reserve(hold_request(app.id, "u", want=300, funded_by=PERSON))
+        await dead.note_generation(named.id, "gen-p")
+        theirs = await dead.reserve(hold_request(app.id, "u", want=300))
+        await dead.note_generation(theirs.id, "gen-o")
+        await backend.kill(dead)
+        assert await alive.reconcile_stale_holds() == 1
+        [row] = await alive.ledger(app.id, "u")
+        assert (row.request_id, row.funded_by, row.cost_nano) == (
+            lost.id.removeprefix("hold_"), PERSON, 50
+        )
+        claimed = {p.generation_id: p for p in await alive.claim_lookups(limit=10, lease_s=30)}
+        assert {g: p.fallback.funded_by for g, p in claimed.items()} == {
+            "gen-p": PERSON, "gen-o": "operator"
+        }
+        # The lease runs out unsettled (the node that took it over died too): the next
+        # claim still knows the funder.
+        await backend.kill(alive)
+        again = backend.new_store()
+        await again.open()
+        try:
+            await again.retry_lookup(named.id, retry_in_s=0)
+            [p] = [p for p in await again.claim_lookups(limit=10, lease_s=0)
+                   if p.hold_id == named.id]
+            assert p.fallback.funded_by == PERSON
+            for pending in claimed.values():
+                await again.settle(pending.fallback)
+        finally:
+            await again.close()
+        rows = {r.generation_id: r.funded_by for r in await alive.ledger(app.id, "u")}
+        assert rows == {None: PERSON, "gen-p": PERSON, "gen-o": "operator"}
+    finally:
+        await alive.close()
+        await dead.close()
+    await assert_consistent(backend)
+
+
+async def test_a_live_instances_user_funded_orphans_keep_their_funder(
+    store: Store, backend: Backend
+) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+    orphan = await store.reserve(hold_request(app.id, "u", want=100, funded_by=PERSON))
+    await store.extend(orphan.id, add_nano=0, used_nano=30)
+    named = await store.reserve(hold_request(app.id, "u", want=100, funded_by=PERSON))
+    await store.note_generation(named.id, "gen-4")
+    await backend.execute("UPDATE holds SET created_at = created_at - 120, "
+                          "updated_at = updated_at - 120")
+    assert await store.reconcile_stale_holds() == 2
+    [pending] = await store.claim_lookups(limit=10, lease_s=30)
+    assert pending.hold_id == named.id and pending.fallback.funded_by == PERSON
+    await store.settle(pending.fallback)
+    assert sorted((r.cost_nano, r.funded_by) for r in await store.ledger(app.id, "u")) == [
+        (0, PERSON), (30, PERSON)
+    ]
+    await assert_consistent(backend)
+
+
+async def test_a_deferred_user_funded_hold_keeps_its_funder(store: Store) -> None:
+    app = (await store.create_app(name="a", mode="test", origins=())).app
+    hold = await store.reserve(hold_request(app.id, "u", want=100, funded_by=PERSON))
+    await store.defer(settlement(hold.id, 60, source="estimate", generation_id="gen-5",
+                                 funded_by=hold.funded_by), retry_in_s=0)
+    [pending] = await store.claim_lookups(limit=10, lease_s=30)
+    assert pending.fallback.funded_by == PERSON
+    await store.settle(pending.fallback)
+    [row] = await store.ledger(app.id, "u")
+    assert (row.funded_by, row.cost_source) == (PERSON, "estimate")

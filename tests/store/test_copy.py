@@ -13,7 +13,7 @@ from gateway.cli import main
 from gateway.store.copy import CopyError, copy_sqlite_to_postgres
 from gateway.store.sqlite import SQLiteStore
 
-from .backends import PostgresBackend
+from .backends import PostgresBackend, SQLiteBackend
 from .helpers import hold_request, settlement, this_month
 
 
@@ -96,6 +96,32 @@ async def test_open_holds_refuse_the_copy(tmp_path: Path, pg_url: str) -> None:
         assert await pg.rows("SELECT to_regclass('apps') IS NULL") == [(True,)]  # untouched
     finally:
         await running.close()
+        await pg.drop()
+
+
+async def test_a_dead_processs_user_funded_hold_arrives_booked_to_its_funder(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Holds never move (the copy refuses while one is open); one a dead process left is
+    settled first, to its own funder, and that ledger row is what arrives."""
+    path = str(tmp_path / "crashed.db")
+    seen = await fill(path)
+    crashed = SQLiteStore(path)
+    await crashed.open()
+    funder = "account:" + seen["account"]
+    hold = await crashed.reserve(hold_request(seen["app"], "u1", want=0, minimum=0,
+                                              auto=False, funded_by=funder))
+    await SQLiteBackend(tmp_path, name="crashed.db").kill(crashed)
+    await crashed.close()  # its instance row stays: it had a hold open
+    pg = PostgresBackend(pg_url)
+    try:
+        report = await copy_sqlite_to_postgres(path, pg_url, schema=pg.schema)
+        assert report.reconciled_holds == 1 and report.rows["ledger"] == 4
+        assert await pg.rows(
+            "SELECT funded_by, status FROM ledger WHERE request_id = "  # noqa: S608 (test-made id)
+            f"'{hold.id.removeprefix('hold_')}'"
+        ) == [(funder, "reconciled")]
+    finally:
         await pg.drop()
 
 
