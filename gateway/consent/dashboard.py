@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from gateway.consent.chart import daily_chart
 from gateway.consent.web import form_ok, gateway_of, read_form, redirect, render, session_of
+from gateway.funding.funder import OPERATOR_PAID, OWN, paid_by
 from gateway.money import NANO_PER_USD
 from gateway.store.base import Account, AccountConnection, period_of
 
@@ -42,6 +43,12 @@ FUNDING_PROBLEMS = {
     "unreadable": "This gateway can no longer read the key it holds for you (its "
                   "encryption key changed). Reconnect OpenRouter to keep your apps working.",
 }
+# Who paid each request, in the requests table.
+PAYERS = {
+    OWN: "Your OpenRouter account",
+    OPERATOR_PAID: "The operator",
+}
+OTHER_PAYER = "Another OpenRouter account"
 MAX_CAP_USD = 1_000_000.0
 CHART_DAYS = 30
 REQUESTS_PER_APP = 5
@@ -65,7 +72,10 @@ async def _view(
     by_app: dict[str, list[Any]] = defaultdict(list)
     for row in recent:
         if len(by_app[row.app_id]) < REQUESTS_PER_APP:
-            by_app[row.app_id].append(row)
+            payer = paid_by(row.funded_by, account.id)
+            by_app[row.app_id].append(
+                {"row": row, "payer": payer, "payer_label": PAYERS.get(payer, OTHER_PAYER)}
+            )
     cards = [
         {
             "conn": conn,

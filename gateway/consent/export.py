@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.consent.web import gateway_of, redirect, session_of
+from gateway.funding.funder import paid_by
 from gateway.money import NANO_PER_USD
 from gateway.store.base import Store, UsageRow, period_of
 
@@ -27,7 +28,7 @@ PAGE = 1000
 PERIOD_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 COLUMNS = (
     "time_utc", "month", "app", "app_id", "user_id", "model", "prompt_tokens",
-    "completion_tokens", "total_tokens", "cost_usd", "status", "request_id",
+    "completion_tokens", "total_tokens", "cost_usd", "status", "request_id", "paid_by",
 )
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
 
@@ -42,13 +43,13 @@ def cell(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_START) else text
 
 
-def csv_row(row: UsageRow) -> list[str]:
+def csv_row(row: UsageRow, account_id: str) -> list[str]:
     return [
         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.created_at)), row.period,
         cell(row.app_name), row.app_id, cell(row.user_id), cell(row.model),
         str(row.prompt_tokens), str(row.completion_tokens),
         str(row.prompt_tokens + row.completion_tokens), exact_usd(row.cost_nano),
-        row.status, row.request_id,
+        row.status, row.request_id, paid_by(row.funded_by, account_id),
     ]
 
 
@@ -60,7 +61,7 @@ async def csv_lines(store: Store, account_id: str, *, period: str | None) -> Asy
     after = 0
     while True:
         rows = await store.account_usage(account_id, after=after, limit=PAGE, period=period)
-        writer.writerows(csv_row(r) for r in rows)
+        writer.writerows(csv_row(r, account_id) for r in rows)
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()

@@ -46,6 +46,19 @@ def funded_by_account(account_id: str) -> str:
     return "account:" + account_id
 
 
+# Who paid a request, as its account's owner is told (the usage export's ``paid_by``).
+OWN, OPERATOR_PAID, OTHER = "own_openrouter", "operator", "other_account"
+
+
+def paid_by(funded_by: str, account_id: str) -> str:
+    """A ledger row's ``funded_by`` seen by the owner of ``account_id``: their own
+    OpenRouter account, the operator, or (a connection that changed hands while one of
+    its requests ran) someone else's."""
+    if funded_by == funded_by_account(account_id):
+        return OWN
+    return OPERATOR_PAID if funded_by == "operator" else OTHER
+
+
 @dataclass(frozen=True, slots=True)
 class Funding:
     """Who pays: ``key`` None means the operator's key."""

@@ -368,6 +368,7 @@ class RequestSummary:
     cost_nano: int
     status: str
     created_at: int
+    funded_by: str = "operator"
 
 
 # A hold of this instance older than this, whose request is no longer live, is an orphan.
@@ -391,6 +392,7 @@ class UsageRow:
     completion_tokens: int
     cost_nano: int
     status: str
+    funded_by: str = "operator"
 
 
 # What a deleted account's password hash becomes: no hash, so no password matches it.

@@ -263,7 +263,8 @@ class AccountsMixin:
     async def account_requests(self, account_id: str, *, limit: int = 20) -> list[RequestSummary]:
         rows = await self.pool.fetch(
             "SELECT app_id, model, prompt_tokens, completion_tokens, cost_nano, status, "
-            "created_at FROM ledger WHERE account_id = $1 ORDER BY id DESC LIMIT $2",
+            "created_at, funded_by FROM ledger WHERE account_id = $1 "
+            "ORDER BY id DESC LIMIT $2",
             account_id, limit,
         )
         return [RequestSummary(*r) for r in rows]
@@ -285,7 +286,8 @@ class AccountsMixin:
         rows = await self.pool.fetch(
             "SELECT l.id, l.request_id, l.created_at, l.app_id, COALESCE(a.name, ''), "
             "l.user_id, l.period, l.model, l.prompt_tokens, l.completion_tokens, "
-            "l.cost_nano, l.status FROM ledger l LEFT JOIN apps a ON a.id = l.app_id "
+            "l.cost_nano, l.status, l.funded_by FROM ledger l "
+            "LEFT JOIN apps a ON a.id = l.app_id "
             "WHERE l.account_id = $1 AND l.id > $2 AND ($3::text IS NULL OR l.period = $3) "
             "ORDER BY l.id LIMIT $4",
             account_id, after, period, limit,

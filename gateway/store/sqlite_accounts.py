@@ -335,7 +335,8 @@ class AccountsMixin:
         rows = await self._run(
             lambda c: c.execute(
                 "SELECT app_id, model, prompt_tokens, completion_tokens, cost_nano, status, "
-                "created_at FROM ledger WHERE account_id = ? ORDER BY id DESC LIMIT ?",
+                "created_at, funded_by FROM ledger WHERE account_id = ? "
+                "ORDER BY id DESC LIMIT ?",
                 (account_id, limit),
             ).fetchall()
         )
@@ -361,7 +362,8 @@ class AccountsMixin:
             lambda c: c.execute(
                 "SELECT l.id, l.request_id, l.created_at, l.app_id, COALESCE(a.name, ''), "
                 "l.user_id, l.period, l.model, l.prompt_tokens, l.completion_tokens, "
-                "l.cost_nano, l.status FROM ledger l LEFT JOIN apps a ON a.id = l.app_id "
+                "l.cost_nano, l.status, l.funded_by FROM ledger l "
+                "LEFT JOIN apps a ON a.id = l.app_id "
                 "WHERE l.account_id = ? AND l.id > ? AND (? IS NULL OR l.period = ?) "
                 "ORDER BY l.id LIMIT ?",
                 (account_id, after, period, period, limit),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import pytest
 
@@ -240,6 +241,8 @@ def test_usage_csv(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
         ledger_row(env, user="u1", cost=cost)
     env.sql("UPDATE ledger SET model = '=HYPERLINK(1)' WHERE cost_nano = 1")
     env.sql("UPDATE ledger SET period = '2026-01' WHERE cost_nano = 333333333")
+    env.sql("UPDATE ledger SET funded_by = 'account:' || account_id WHERE cost_nano = 1")
+    env.sql("UPDATE ledger SET funded_by = 'account:acct_other' WHERE cost_nano = 333333333")
     response = env.client.get("/dashboard/usage.csv")
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/csv; charset=utf-8"
@@ -251,6 +254,9 @@ def test_usage_csv(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"], rows[0]["total_tokens"]) \
         == ("11", "22", "33")
     assert rows[1]["model"] == "'=HYPERLINK(1)"  # no formula runs in a spreadsheet
+    # Who paid each request: the operator, the person's own OpenRouter account, or (a
+    # connection that changed hands mid-request) someone else's.
+    assert [r["paid_by"] for r in rows] == ["operator", "own_openrouter", "other_account"]
     assert rows[0]["time_utc"].endswith("Z")
     january = env.client.get("/dashboard/usage.csv?month=2026-01")
     assert [r["cost_usd"] for r in csv.DictReader(io.StringIO(january.text))] == [
@@ -264,6 +270,20 @@ def test_usage_csv(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     env.client.cookies.clear()
     signed_out = env.client.get("/dashboard/usage.csv", follow_redirects=False)
     assert signed_out.status_code == 303
+
+
+def test_dashboard_shows_who_paid_each_request(env: Env) -> None:
+    sign_up(env.client)
+    connect(env)
+    ledger_row(env, user="u1", cost=2)
+    ledger_row(env, user="u1", cost=1)
+    env.sql("UPDATE ledger SET funded_by = 'account:' || account_id WHERE cost_nano = 1")
+    page = env.client.get("/dashboard").text
+    assert '<th scope="col">Paid by</th>' in page
+    paid = re.findall(r'data-paid-by="([a-z_]+)">([^<]+)</td>', page)
+    # Newest first: the one the person's own OpenRouter account paid, then the operator's.
+    assert paid == [("own_openrouter", "Your OpenRouter account"),
+                    ("operator", "The operator")]
 
 
 def test_dashboard_explains_tokens_and_links_account_pages(env: Env) -> None:

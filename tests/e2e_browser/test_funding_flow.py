@@ -1,7 +1,8 @@
 """People fund their own requests, in a real browser: sign up in the consent popup,
 connect OpenRouter there on the simulated upstream's ``/auth`` page, approve the app's
 cap, stream; the simulated OpenRouter's ledger shows the person's key paid and the
-operator's did not; the key is in no page and no log; disconnecting stops the app."""
+operator's did not, and the dashboard says so of the request; the key is in no page and
+no log; disconnecting stops the app."""
 
 from __future__ import annotations
 
@@ -115,6 +116,11 @@ def test_connect_openrouter_in_the_popup_and_stream_on_the_persons_key(
     dash.goto(f"{stack.gateway}/dashboard")
     funding = dash.locator("section.funding")
     expect(funding).to_contain_text("your own OpenRouter account")
+    # Each request says who paid for it: this one, the person's own OpenRouter account.
+    paid = dash.locator("section.app table td.paid-by")
+    expect(paid).to_have_count(1)
+    expect(paid).to_have_text("Your OpenRouter account")
+    expect(paid).to_have_attribute("data-paid-by", "own_openrouter")
     pages.append(dash.content())
     shot(dash, "dashboard-funded", full_page=True)
     dash.get_by_role("button", name="Disconnect OpenRouter").click()

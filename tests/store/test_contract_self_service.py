@@ -122,8 +122,9 @@ async def test_account_usage_pages_filters_and_stays_private(
     await connect(store, app_id, "u1", cap=10_000, account_id=account_id)
     await connect(store, app_id, "u2", cap=10_000, account_id=other_id)
     for cost in (1, 2, 3, 4, 5):
-        h = await store.reserve(hold_request(app_id, "u1", want=10))
-        await store.settle(settlement(h.id, cost))
+        payer = "account:" + account_id if cost == 3 else "operator"
+        h = await store.reserve(hold_request(app_id, "u1", want=10, funded_by=payer))
+        await store.settle(settlement(h.id, cost, funded_by=h.funded_by))
     h = await store.reserve(hold_request(app_id, "u2", want=10))
     await store.settle(settlement(h.id, 9))
     await backend.execute("UPDATE ledger SET period = '2026-10' WHERE cost_nano = 1")
@@ -136,6 +137,10 @@ async def test_account_usage_pages_filters_and_stays_private(
     assert (row.app_id, row.user_id, row.prompt_tokens, row.completion_tokens) == (
         app_id, "u1", 1, 2)
     assert row.app_name.startswith("a-") and row.status == "ok"
+    assert [r.funded_by for r in rest] == ["account:" + account_id, "operator", "operator"]
+    assert [r.funded_by for r in await store.account_requests(account_id, limit=3)] == [
+        "operator", "operator", "account:" + account_id
+    ]
     october = await store.account_usage(account_id, period="2026-10")
     assert [r.cost_nano for r in october] == [1]
     assert [r.cost_nano for r in await store.account_usage(other_id)] == [9]
