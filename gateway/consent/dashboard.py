@@ -30,8 +30,17 @@ NOTICES = {
                     "cannot spend more until next month (or until you raise it).",
     "funding_connected": "OpenRouter connected: your apps now spend your own OpenRouter "
                          "credits, within the caps you set.",
-    "funding_disconnected": "OpenRouter disconnected: the gateway no longer holds your key.",
+    "funding_disconnected": "OpenRouter disconnected: this gateway deleted the key it held "
+                            "for you, and your apps no longer spend from it. The key itself "
+                            "stays valid at OpenRouter until you delete it there (a key "
+                            "cannot delete itself; only you can, in your OpenRouter "
+                            "settings):",
 }
+# Where a person deletes an OpenRouter key (the gateway cannot: OpenRouter deletes keys
+# only for a management key, which the gateway does not have).
+OPENROUTER_KEYS_URL = "https://openrouter.ai/settings/keys"
+# A notice that ends with a link.
+NOTICE_LINKS = {"funding_disconnected": OPENROUTER_KEYS_URL}
 # What the upstream said of the person's key, for the dashboard's notice.
 FUNDING_PROBLEMS = {
     "out_of_credit": "OpenRouter refused a request because your account is out of credit. "
@@ -84,11 +93,14 @@ async def _view(
         }
         for conn in connections
     ]
-    notice = NOTICES.get(request.query_params.get("notice", ""))
+    notice_key = request.query_params.get("notice", "")
+    notice = NOTICES.get(notice_key)
     source = await store.funding_source(account.id)
     return await render(
         request, "dashboard.html", status=status, spend=spend, cards=cards, notice=notice,
         error=error, period=period, max_usd=MAX_CAP_USD, source=source,
+        notice_link=NOTICE_LINKS.get(notice_key) if notice else None,
+        openrouter_keys_url=OPENROUTER_KEYS_URL,
         source_problem=FUNDING_PROBLEMS.get(source.problem or "") if source else None,
         connected=sum(1 for c in connections if c.status == "connected"),
     )

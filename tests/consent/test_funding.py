@@ -215,6 +215,13 @@ def test_disconnect_and_reconnect(user_env: Env, orauth: OpenRouterAuth) -> None
     assert gone.headers["location"] == "/dashboard?notice=funding_disconnected"
     assert user_env.sql("SELECT COUNT(*) FROM funding_sources") == [(0,)]
     assert "No funding source" in user_env.client.get("/dashboard").text
+    # OpenRouter deletes a key only for a management key, which the gateway has not: the
+    # person is told the key stays valid there, and where to delete it. Nothing was asked
+    # of OpenRouter (the mock answers only the code exchange, and counts it).
+    notice = user_env.client.get(gone.headers["location"]).text
+    assert "stays valid at OpenRouter until you delete it there" in notice
+    assert '<a href="https://openrouter.ai/settings/keys"' in notice
+    assert len(orauth.exchanges) == 1
     back(user_env, orauth.approve(begin(user_env))[0])
     rows = user_env.sql("SELECT id FROM funding_sources")
     assert len(rows) == 1 and rows[0][0] != first_id

@@ -2,7 +2,7 @@
 connect OpenRouter there on the simulated upstream's ``/auth`` page, approve the app's
 cap, stream; the simulated OpenRouter's ledger shows the person's key paid and the
 operator's did not, and the dashboard says so of the request; the key is in no page and
-no log; disconnecting stops the app."""
+no log; disconnecting stops the app and says the key stays valid at OpenRouter."""
 
 from __future__ import annotations
 
@@ -124,7 +124,14 @@ def test_connect_openrouter_in_the_popup_and_stream_on_the_persons_key(
     pages.append(dash.content())
     shot(dash, "dashboard-funded", full_page=True)
     dash.get_by_role("button", name="Disconnect OpenRouter").click()
-    expect(dash.locator(".notice")).to_contain_text("OpenRouter disconnected")
+    notice = dash.locator(".notice")
+    expect(notice).to_contain_text("OpenRouter disconnected")
+    # The gateway cannot delete the key at OpenRouter (that takes a management key):
+    # the person is told it stays valid there, and where to delete it.
+    expect(notice).to_contain_text("stays valid at OpenRouter until you delete it there")
+    expect(notice.get_by_role("link")).to_have_attribute(
+        "href", "https://openrouter.ai/settings/keys"
+    )
     expect(funding).to_contain_text("No funding source")
     pages.append(dash.content())
     page.get_by_role("button", name="Write").click()
