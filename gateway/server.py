@@ -66,6 +66,12 @@ class BoundedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with head and body deadlines, a head size limit and
     a connection limit (see the module docstring)."""
 
+    # Slots, not the instance dict: uvicorn's protocol keeps 28 attributes there, and
+    # CPython shares a dict's keys between instances only up to 30; past that every
+    # connection carries a dict of its own (bench/NOTES.md has what that costs).
+    __slots__ = ("_body_timeout", "_deadline", "_head_bytes", "_header_timeout", "_in_head",
+                 "_max_connections", "_max_head", "_refused")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         limits = server_settings_of(self.app)
