@@ -17,6 +17,8 @@ What a node promises here (see also the README's "Running in production"):
   writes the decision; if anything changed in between, it returns the new values and the
   node decides again. One round trip for the write; the read before it is usually
   spared, as the node remembers what it last saw (:mod:`gateway.store.postgres_cache`).
+  Writes of one node waiting at the same time share one round trip and one commit
+  (:mod:`gateway.store.postgres_batch`).
 - Times that matter (the month a hold is charged to, leases, look-ups' due times) are
   the database's, never a node's own clock.
 - A node keeps a heartbeat lease in ``instances``; when it lapses (``lease_s``), the
@@ -43,17 +45,21 @@ from gateway.store.postgres_accounts import AccountsMixin
 from gateway.store.postgres_admin import APP_COLUMNS as _APP_COLUMNS
 from gateway.store.postgres_admin import AdminMixin
 from gateway.store.postgres_admin import app_of as _app
+from gateway.store.postgres_batch import Batcher, Turns
 from gateway.store.postgres_cache import Snapshots
 from gateway.store.postgres_events import EventsMixin
 from gateway.store.postgres_funding import FundingMixin
 from gateway.store.postgres_money import MeteringMixin
+from gateway.store.postgres_reconcile import ReconcileMixin
 from gateway.store.postgres_schema import MIGRATION_LOCK, MIGRATIONS
 
 log = logging.getLogger("wattfare.store")
 
-class PostgresStore(MeteringMixin, AccountsMixin, FundingMixin, EventsMixin, AdminMixin):
+class PostgresStore(MeteringMixin, ReconcileMixin, AccountsMixin, FundingMixin, EventsMixin,
+                    AdminMixin):
     """:class:`gateway.store.base.Store` on a PostgreSQL database (its money half:
-    :mod:`gateway.store.postgres_money`; its end-user half:
+    :mod:`gateway.store.postgres_money`, :mod:`gateway.store.postgres_batch` and
+    :mod:`gateway.store.postgres_reconcile`; its end-user half:
     :mod:`gateway.store.postgres_accounts` and :mod:`gateway.store.postgres_funding`;
     change notices between nodes: :mod:`gateway.store.postgres_events`; the operator's:
     :mod:`gateway.store.postgres_admin`).
@@ -78,8 +84,10 @@ class PostgresStore(MeteringMixin, AccountsMixin, FundingMixin, EventsMixin, Adm
         self.schema = schema
         self.instance_id = uuid.uuid4().hex
         self._pool: asyncpg.Pool | None = None
+        self._writes: Batcher | None = None
         self._registered = False
         self._snapshots = Snapshots()
+        self._turns = Turns()
         EventsMixin.__init__(self)
 
     @property
@@ -87,6 +95,12 @@ class PostgresStore(MeteringMixin, AccountsMixin, FundingMixin, EventsMixin, Adm
         if self._pool is None:
             raise RuntimeError("store is not open")
         return self._pool
+
+    @property
+    def _batcher(self) -> Batcher:
+        if self._writes is None:
+            raise RuntimeError("store is not open")
+        return self._writes
 
     def _server_settings(self) -> dict[str, str]:
         settings = {"application_name": "wattfare"}
@@ -110,6 +124,7 @@ class PostgresStore(MeteringMixin, AccountsMixin, FundingMixin, EventsMixin, Adm
             self.url, min_size=self.min_size, max_size=self.max_size,
             server_settings=self._server_settings(), reset=_keep_session,
         )
+        self._writes = Batcher(self._pool)
         await self.pool.execute(
             "INSERT INTO instances (id, pid, host, proc_start, started_at, heartbeat_at) "
             "VALUES ($1, $2, $3, '', wattfare_now(), wattfare_now())",
@@ -146,7 +161,9 @@ class PostgresStore(MeteringMixin, AccountsMixin, FundingMixin, EventsMixin, Adm
         await self._stop_listening()
         if self._pool is None:
             return
-        pool, self._pool = self._pool, None
+        if self._writes is not None:
+            await self._writes.close()
+        pool, self._pool, self._writes = self._pool, None, None
         try:
             if self._registered:
                 # Holds still open are settled by the others (or the next start) as usual.

@@ -1,5 +1,5 @@
-"""The PostgreSQL store's metering half: connections, holds, settlement, deferred
-look-ups and reconciliation.
+"""The PostgreSQL store's metering half: connections, holds and settlement (deferred
+look-ups and reconciliation: :mod:`gateway.store.postgres_reconcile`).
 
 Each money step takes the rows it depends on as this node last saw them
 (:mod:`gateway.store.postgres_cache`), or reads them (one round trip, no lock), asks
@@ -7,32 +7,31 @@ Each money step takes the rows it depends on as this node last saw them
 on to the step's plpgsql function (:mod:`gateway.store.postgres_schema`), which locks
 those rows, writes the decision if they are unchanged, and otherwise returns what it
 found: the step decides again on that (no second read). A step is one transaction, and
-usually one round trip.
+usually one round trip; the writes of steps waiting at the same time go together, in one
+transaction and one round trip (:mod:`gateway.store.postgres_batch`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
 import asyncpg
 
 from gateway.store import rules
 from gateway.store.base import (
-    ORPHAN_AFTER_S,
     Charge,
     ConnectionState,
     Extension,
     Hold,
     HoldRequest,
     LedgerRow,
-    PendingLookup,
     Settlement,
     StoreError,
 )
-from gateway.store.postgres_cache import Snapshot, Snapshots
-from gateway.store.sqlite_money import reconciled, settlement_json, settlement_of
+from gateway.store.postgres_batch import EXTEND, NOTE, RESERVE, SETTLE, Batcher, Turns
+from gateway.store.postgres_cache import Key, Snapshot, Snapshots
 
 T = TypeVar("T")
 
@@ -79,9 +78,6 @@ LEFT JOIN account_spend bs ON bs.account_id = h.account_id AND bs.period = h.per
 WHERE h.id = $1
 """
 
-_HOLD_FIELDS = "id, request_id, model, used_nano, created_at, generation_id, funded_by"
-
-
 def _account(budget: int | None, settled: int | None, held: int | None) -> rules.Pool | None:
     return None if budget is None else rules.Pool(budget, settled or 0, held or 0)
 
@@ -92,8 +88,14 @@ class MeteringMixin:
     instance_id: str
     lease_s: float
     _snapshots: Snapshots
+    _turns: Turns
+
     @property
     def pool(self) -> asyncpg.Pool:
+        raise NotImplementedError  # provided by PostgresStore
+
+    @property
+    def _batcher(self) -> Batcher:
         raise NotImplementedError  # provided by PostgresStore
 
     async def _live_instances(self, con: Any) -> list[str]:
@@ -150,27 +152,38 @@ class MeteringMixin:
 
     # -- money ----------------------------------------------------------------------------
 
+    def _turn(self, key: Key) -> Hashable:
+        """What steps on ``key`` take turns on: its account when known, else itself."""
+        row = self._snapshots.get(key)
+        account = None if row is None else row[4]
+        return key[:2] if account is None else ("account", account)
+
+    async def _in_turn(self, key: Key | None, step: Callable[[], Awaitable[T]]) -> T:
+        if key is None:
+            return await self._retrying(step)
+        turn = self._turn(key)
+        await self._turns.take(turn)
+        try:
+            return await self._retrying(step)
+        finally:
+            self._turns.give(turn)
+
     async def reserve(self, req: HoldRequest) -> Hold:
-        return await self._retrying(lambda: self._reserve(req))
+        key = (req.app_id, req.user_id, self._snapshots.period or "")
+        return await self._in_turn(key, lambda: self._reserve(req))
 
-    async def _reserve(self, req: HoldRequest) -> Hold:
-        # One connection for the whole step: the values read stay as fresh as one round
-        # trip (waiting for the pool between the read and the write would age them).
-        async with self.pool.acquire() as con:
-            return await self._reserve_on(con, req)
-
-    async def _read_reserve(self, con: Any, req: HoldRequest) -> tuple[str, Snapshot]:
-        seen = await con.fetchrow(_RESERVE_READ, req.app_id, req.user_id)
+    async def _read_reserve(self, req: HoldRequest) -> tuple[str, Snapshot]:
+        seen = await self.pool.fetchrow(_RESERVE_READ, req.app_id, req.user_id)
         assert seen is not None
         self._snapshots.period = seen[0]
         return seen[0], tuple(seen[1:])
 
-    async def _reserve_on(self, con: Any, req: HoldRequest) -> Hold:
+    async def _reserve(self, req: HoldRequest) -> Hold:
         snapshots = self._snapshots
         period = snapshots.period
         cached = None if period is None else snapshots.get((req.app_id, req.user_id, period))
         if period is None or cached is None:
-            period, snapshot = await self._read_reserve(con, req)
+            period, snapshot = await self._read_reserve(req)
             fresh = True
         else:
             snapshot, fresh = cached, False
@@ -189,16 +202,14 @@ class MeteringMixin:
                 if fresh:
                     raise
                 # Refuse only on what the database says now, not on what this node saw.
-                period, snapshot = await self._read_reserve(con, req)
+                period, snapshot = await self._read_reserve(req)
                 fresh = True
                 continue
-            row = await con.fetchrow(
-                "SELECT * FROM wattfare_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
-                "$12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+            row = await self._batcher.run(RESERVE, (
                 req.app_id, req.user_id, period, hold_id, req.request_id, req.model,
                 self.instance_id, req.funded_by, *snapshot,
                 admitted.amount_nano, admitted.cap_nano, admitted.write,
-            )
+            ))
             assert row is not None
             if row[0]:
                 after = list(snapshot)
@@ -227,20 +238,16 @@ class MeteringMixin:
             if status is None:
                 return Extension(granted_nano=0, revoked=False)
             return rules.grant(0, status=status, cap=rules.Pool(0, 0, 0), account=None)
-        return await self._retrying(lambda: self._extend(hold_id, add_nano, used_nano))
+        mine = self._snapshots.hold(hold_id)
+        return await self._in_turn(None if mine is None else mine[0],
+                                   lambda: self._extend(hold_id, add_nano, used_nano))
 
     async def _extend(self, hold_id: str, add_nano: int, used_nano: int) -> Extension:
-        async with self.pool.acquire() as con:
-            return await self._extend_on(con, hold_id, add_nano, used_nano)
-
-    async def _extend_on(
-        self, con: Any, hold_id: str, add_nano: int, used_nano: int
-    ) -> Extension:
         snapshots = self._snapshots
         mine = snapshots.hold(hold_id)
         cached = None if mine is None else snapshots.get(mine[0])
         if mine is None or cached is None:
-            seen = await con.fetchrow(_HOLD_READ, hold_id)
+            seen = await self.pool.fetchrow(_HOLD_READ, hold_id)
             if seen is None or seen[2] is None:
                 return Extension(granted_nano=0, revoked=False)
             snapshot: tuple[Any, ...] = tuple(seen[1:])
@@ -252,10 +259,9 @@ class MeteringMixin:
                 return Extension(granted_nano=0, revoked=False)
             extension = rules.grant(add_nano, status=status,
                                     cap=rules.Pool(cap, settled, held), account=_account(*account))
-            row = await con.fetchrow(
-                "SELECT * FROM wattfare_extend($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            row = await self._batcher.run(EXTEND, (
                 hold_id, max(0, used_nano), *snapshot, extension.granted_nano,
-            )
+            ))
             assert row is not None
             if row[0]:
                 if mine is not None:
@@ -267,24 +273,20 @@ class MeteringMixin:
         raise StoreError(f"extension of {hold_id!r} kept changing under it")
 
     async def note_generation(self, hold_id: str, generation_id: str) -> None:
-        await self.pool.execute(
-            "UPDATE holds SET generation_id = $2 WHERE id = $1", hold_id, generation_id
-        )
+        await self._batcher.run(NOTE, (hold_id, generation_id))
 
     async def settle(self, settlement: Settlement) -> Charge | None:
-        return await self._retrying(lambda: self._settle(settlement))
+        mine = self._snapshots.hold(settlement.hold_id)
+        return await self._in_turn(None if mine is None else mine[0],
+                                   lambda: self._settle(settlement))
 
     async def _settle(self, s: Settlement) -> Charge | None:
-        async with self.pool.acquire() as con:
-            return await self._settle_on(con, s)
-
-    async def _settle_on(self, con: Any, s: Settlement) -> Charge | None:
         snapshots = self._snapshots
         mine = snapshots.hold(s.hold_id)
         cached = None if mine is None else snapshots.get(mine[0])
         snapshot: tuple[Any, ...]
         if mine is None or cached is None:
-            seen = await con.fetchrow(_HOLD_READ, s.hold_id)
+            seen = await self.pool.fetchrow(_HOLD_READ, s.hold_id)
             if seen is None:
                 snapshots.drop_hold(s.hold_id)
                 return None  # settled already: settling is idempotent
@@ -296,14 +298,12 @@ class MeteringMixin:
             amount, cap, settled, held, *account = snapshot
             charge = rules.charge(s.cost_nano, hold_nano=amount,
                                   cap=rules.Pool(cap, settled, held), account=_account(*account))
-            row = await con.fetchrow(
-                "SELECT * FROM wattfare_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, "
-                "$12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+            row = await self._batcher.run(SETTLE, (
                 s.hold_id, s.request_id, s.model, s.prompt_tokens, s.completion_tokens,
                 s.cost_nano, s.cost_source, s.status, s.http_status, s.error_code, s.ttfb_ms,
                 s.duration_ms, s.generation_id, s.funded_by, *snapshot,
                 charge.charged_nano, charge.operator_nano,
-            )
+            ))
             assert row is not None
             if row[0]:
                 if mine is not None:
@@ -316,100 +316,6 @@ class MeteringMixin:
                 return None  # another node settled it first
             snapshot = tuple(row[2:])
         raise StoreError(f"settlement of {s.hold_id!r} kept changing under it")
-
-    # -- deferred settlements: the upstream's own record, looked up afterwards ------------
-
-    async def defer(self, settlement: Settlement, *, retry_in_s: float) -> None:
-        await self.pool.execute(
-            "UPDATE holds SET settlement = $2, due_at = extract(epoch FROM now()) + $3, "
-            "updated_at = wattfare_now(), generation_id = COALESCE($4, generation_id) "
-            "WHERE id = $1",
-            settlement.hold_id, settlement_json(settlement), float(retry_in_s),
-            settlement.generation_id,
-        )
-
-    async def claim_lookups(self, *, limit: int, lease_s: float) -> list[PendingLookup]:
-        async with self.pool.acquire() as con, con.transaction():
-            now = float(await con.fetchval("SELECT extract(epoch FROM now())"))
-            live = await self._live_instances(con)
-            # Holds a dead node left with a generation id: deferred, due now.
-            for hold in await con.fetch(
-                f"SELECT {_HOLD_FIELDS} FROM holds WHERE settlement IS NULL "  # noqa: S608 (constant columns)
-                "AND generation_id IS NOT NULL AND NOT (instance_id = ANY($1)) "
-                "FOR UPDATE SKIP LOCKED",
-                live,
-            ):
-                await con.execute(
-                    "UPDATE holds SET settlement = $2, due_at = $3 WHERE id = $1",
-                    hold[0], settlement_json(reconciled(tuple(hold), now)), now,
-                )
-            rows = await con.fetch(
-                "UPDATE holds SET instance_id = $1, due_at = $2 + $3 WHERE id IN ("
-                "  SELECT id FROM holds WHERE settlement IS NOT NULL "
-                "  AND generation_id IS NOT NULL AND due_at <= $2 "
-                "  ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED) "
-                "RETURNING id, request_id, generation_id, attempts, settlement",
-                self.instance_id, now, float(lease_s), limit,
-            )
-        return [
-            PendingLookup(hold_id=r[0], request_id=r[1], generation_id=r[2], attempts=r[3],
-                          fallback=settlement_of(r[4]))
-            for r in rows
-        ]
-
-    async def retry_lookup(self, hold_id: str, *, retry_in_s: float) -> None:
-        await self.pool.execute(
-            "UPDATE holds SET attempts = attempts + 1, "
-            "due_at = extract(epoch FROM now()) + $2 WHERE id = $1",
-            hold_id, float(retry_in_s),
-        )
-
-    # -- reconciliation -------------------------------------------------------------------
-
-    async def reconcile_stale_holds(self, *, live_request_ids: Collection[str] = ()) -> int:
-        live_requests = frozenset(live_request_ids)
-        pool = self.pool
-        now = float(await pool.fetchval("SELECT extract(epoch FROM now())"))
-        live = await self._live_instances(pool)
-        lost = await pool.fetch(
-            f"SELECT {_HOLD_FIELDS} FROM holds WHERE settlement IS NULL "  # noqa: S608 (constant columns)
-            "AND generation_id IS NULL AND NOT (instance_id = ANY($1))",
-            live,
-        )
-        # This node's own orphans: not deferred, their request no longer running, untouched
-        # for a while (a stream's checkpoints touch its hold).
-        orphans = [
-            hold for hold in await pool.fetch(
-                f"SELECT {_HOLD_FIELDS} FROM holds WHERE settlement IS NULL "  # noqa: S608 (constant columns)
-                "AND instance_id = $1 AND updated_at < $2",
-                self.instance_id, int(now - ORPHAN_AFTER_S),
-            )
-            if hold[1] not in live_requests
-        ]
-        # Deferred without a generation id to look up: settle to the fall-back once due.
-        stuck = await pool.fetch(
-            "SELECT settlement FROM holds WHERE settlement IS NOT NULL "
-            "AND generation_id IS NULL AND due_at <= $1",
-            now,
-        )
-        count = 0
-        for hold in [*lost, *(h for h in orphans if h[5] is None)]:
-            count += await self.settle(reconciled(tuple(hold), now)) is not None
-        for (text,) in stuck:
-            count += await self.settle(settlement_of(text)) is not None
-        for hold in orphans:
-            if hold[5] is not None:  # the upstream keeps a record: look it up
-                done = await pool.execute(
-                    "UPDATE holds SET settlement = $2, due_at = $3 "
-                    "WHERE id = $1 AND settlement IS NULL",
-                    hold[0], settlement_json(reconciled(tuple(hold), now)), now,
-                )
-                count += done == "UPDATE 1"
-        await pool.execute(
-            "DELETE FROM instances WHERE heartbeat_at < wattfare_now() - $1 AND id <> $2",
-            int(self.lease_s), self.instance_id,
-        )
-        return count
 
     async def open_holds(self) -> int:
         return int(await self.pool.fetchval("SELECT count(*) FROM holds"))

@@ -14,6 +14,8 @@ decide again. No money arithmetic is made here beyond adding what was decided.
 
 from __future__ import annotations
 
+from gateway.store.postgres_batch import BATCH_FUNCTION
+
 # The advisory lock under which migrations run (any constant; "wattfare" in ASCII).
 MIGRATION_LOCK = 0x7761747466617265
 
@@ -493,4 +495,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 4: a hold records who funds it (the SQLite store's migration 6).
     _RESERVE_FUNDED,
+    # 5: group commit of the money steps (see gateway.store.postgres_batch).
+    BATCH_FUNCTION,
 )
