@@ -53,7 +53,9 @@ def _call(function: str, arity: int) -> str:
 # row created meanwhile, fails a batch as a deadlock would: it is retried). Integers
 # arrive as JSON numbers and are cast to the functions' types explicitly.
 BATCH_FUNCTION = """
-CREATE FUNCTION wattfare_batch(ops jsonb) RETURNS json LANGUAGE plpgsql AS $$
+CREATE FUNCTION wattfare_batch(ops jsonb) RETURNS json LANGUAGE plpgsql
+-- A batch's keys are few and its tables may be large: look each key up by its index.
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     op jsonb;
     res json;
@@ -72,31 +74,34 @@ BEGIN
         INTO k_app, k_user, k_period, k_account, k_reserve
         FROM (SELECT h.app_id, h.user_id, h.period, h.account_id, false AS reserve
               FROM holds h WHERE h.id = ANY(h_ids)
-              UNION
-              SELECT c.app_id, c.user_id, v_period, c.account_id, true FROM connections c
-              JOIN unnest(r_app, r_user) AS r(app_id, user_id)
-              ON c.app_id = r.app_id AND c.user_id = r.user_id) k;
+              UNION ALL
+              SELECT c.app_id, c.user_id, v_period, c.account_id, true
+              FROM unnest(r_app, r_user) AS r(app_id, user_id)
+              JOIN connections c ON c.app_id = r.app_id AND c.user_id = r.user_id) k;
     IF k_app IS NOT NULL THEN
-        PERFORM 1 FROM connections c
-            JOIN unnest(k_app, k_user) AS k(app_id, user_id)
-            ON c.app_id = k.app_id AND c.user_id = k.user_id
-            ORDER BY c.app_id, c.user_id FOR SHARE OF c;
+        -- A connection's first hold of a month creates its spend rows: here, in order.
         INSERT INTO spend (app_id, user_id, period)
             SELECT DISTINCT k.app_id, k.user_id, k.period
             FROM unnest(k_app, k_user, k_period, k_reserve) AS k(app_id, user_id, period, r)
-            WHERE k.r ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING;
-        PERFORM 1 FROM spend s
-            JOIN unnest(k_app, k_user, k_period) AS k(app_id, user_id, period)
+            WHERE k.r AND NOT EXISTS (SELECT 1 FROM spend s WHERE s.app_id = k.app_id
+                                      AND s.user_id = k.user_id AND s.period = k.period)
+            ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING;
+        PERFORM 1 FROM unnest(k_app, k_user, k_period) AS k(app_id, user_id, period)
+            JOIN spend s
             ON s.app_id = k.app_id AND s.user_id = k.user_id AND s.period = k.period
             ORDER BY s.app_id, s.user_id, s.period FOR UPDATE OF s;
-        INSERT INTO account_spend (account_id, period)
-            SELECT DISTINCT k.account_id, k.period
-            FROM unnest(k_account, k_period, k_reserve) AS k(account_id, period, r)
-            WHERE k.r AND k.account_id IS NOT NULL ORDER BY 1, 2 ON CONFLICT DO NOTHING;
-        PERFORM 1 FROM account_spend s
-            JOIN unnest(k_account, k_period) AS k(account_id, period)
-            ON s.account_id = k.account_id AND s.period = k.period
-            ORDER BY s.account_id, s.period FOR UPDATE OF s;
+        IF array_length(array_remove(k_account, NULL), 1) > 0 THEN
+            INSERT INTO account_spend (account_id, period)
+                SELECT DISTINCT k.account_id, k.period
+                FROM unnest(k_account, k_period, k_reserve) AS k(account_id, period, r)
+                WHERE k.r AND k.account_id IS NOT NULL AND NOT EXISTS (
+                    SELECT 1 FROM account_spend s
+                    WHERE s.account_id = k.account_id AND s.period = k.period)
+                ORDER BY 1, 2 ON CONFLICT DO NOTHING;
+            PERFORM 1 FROM unnest(k_account, k_period) AS k(account_id, period)
+                JOIN account_spend s ON s.account_id = k.account_id AND s.period = k.period
+                ORDER BY s.account_id, s.period FOR UPDATE OF s;
+        END IF;
     END IF;
     FOR op IN SELECT value FROM jsonb_array_elements(ops) LOOP
         CASE op ->> 0
