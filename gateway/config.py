@@ -358,8 +358,10 @@ def _store_settings(st: Mapping[str, Any], env: Mapping[str, str]) -> StoreSetti
             )
     pool_min = _integer("store", "pool_min_size", st.get("pool_min_size", ds.pool_min_size),
                         minimum=1, maximum=1000)
+    # One connection is the money writes' own (gateway.store.postgres_batch): at least
+    # one more serves everything else.
     pool_max = _integer("store", "pool_max_size", st.get("pool_max_size", ds.pool_max_size),
-                        minimum=1, maximum=1000)
+                        minimum=2, maximum=1000)
     if pool_max < pool_min:
         raise ConfigError(
             f"store.pool_max_size: must be at least pool_min_size ({pool_min}), got {pool_max}"

@@ -114,6 +114,8 @@ def test_postgres_takes_its_url_from_the_environment() -> None:
         pytest.param({"store": {"pool_min_size": 0}}, "store.pool_min_size", id="pool-min"),
         pytest.param({"store": {"pool_min_size": 5, "pool_max_size": 2}},
                      "store.pool_max_size", id="pool-order"),
+        pytest.param({"store": {"pool_min_size": 1, "pool_max_size": 1}},
+                     "store.pool_max_size", id="pool-too-small"),
         pytest.param({"store": {"lease_s": 1}}, "store.lease_s", id="lease"),
     ],
 )

@@ -77,6 +77,8 @@ class PostgresStore(MeteringMixin, ReconcileMixin, AccountsMixin, FundingMixin, 
         lease_s: float = 20.0,
         schema: str | None = None,
     ) -> None:
+        if max_size < 2:  # one connection is the money writes' own; reads need another
+            raise ValueError(f"max_size must be at least 2, got {max_size}")
         self.url = url
         self.min_size = min_size
         self.max_size = max_size
