@@ -23,20 +23,12 @@ from gateway.store.base import (
     UsageRow,
     deleted_email,
 )
-
-ACCOUNT_COLUMNS = "id, email, password_hash, budget_nano, created_at, status"
-_CONSENT_COLUMNS = "app_id, user_id, cap_nano, origin, created_at, expires_at, used_at, outcome"
-
-
-def account_of(row: asyncpg.Record) -> Account:
-    """An :class:`Account` from a row of ``ACCOUNT_COLUMNS``."""
-    return Account(
-        id=row[0], email=row[1], password_hash=row[2], budget_nano=row[3], created_at=row[4],
-        status=(
-            "deleted" if row[2] == DELETED_PASSWORD_HASH
-            else "disabled" if row[5] == "disabled" else "active"
-        ),
-    )
+from gateway.store.rows import (
+    ACCOUNT_COLUMNS,
+    CONSENT_COLUMNS,
+    account_connection_of,
+    account_of,
+)
 
 
 class AccountsMixin:
@@ -179,7 +171,7 @@ class AccountsMixin:
 
     async def consent(self, id_hash: bytes) -> Consent | None:
         row = await self.pool.fetchrow(
-            f"SELECT {_CONSENT_COLUMNS} FROM consents WHERE id_hash = $1", id_hash  # noqa: S608 (constant columns)
+            f"SELECT {CONSENT_COLUMNS} FROM consents WHERE id_hash = $1", id_hash  # noqa: S608 (constant columns)
         )
         return None if row is None else Consent(*row)
 
@@ -188,7 +180,7 @@ class AccountsMixin:
     ) -> Consent:
         async with self.pool.acquire() as con, con.transaction():
             row = await con.fetchrow(
-                f"SELECT {_CONSENT_COLUMNS} FROM consents WHERE id_hash = $1 FOR UPDATE",  # noqa: S608 (constant columns)
+                f"SELECT {CONSENT_COLUMNS} FROM consents WHERE id_hash = $1 FOR UPDATE",  # noqa: S608 (constant columns)
                 id_hash,
             )
             if row is None:
@@ -238,14 +230,7 @@ class AccountsMixin:
             "ORDER BY c.status = 'revoked', a.name, c.user_id",
             account_id, period,
         )
-        return [
-            AccountConnection(
-                app_id=r[0], app_name=r[1], app_mode=r[2], user_id=r[3], status=r[4],
-                cap_nano=r[5], settled_nano=r[6], held_nano=r[7], period=period,
-                updated_at=r[8],
-            )
-            for r in rows
-        ]
+        return [account_connection_of(r, period) for r in rows]
 
     async def set_connection_cap(
         self, account_id: str, *, app_id: str, user_id: str, cap_nano: int

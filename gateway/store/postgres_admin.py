@@ -27,7 +27,7 @@ from gateway.store.base import (
     UsageQuery,
     UsageSum,
 )
-from gateway.store.postgres_accounts import ACCOUNT_COLUMNS, account_of
+from gateway.store.rows import ACCOUNT_COLUMNS, account_of, prefixed
 
 APP_COLUMNS = (
     "id, name, mode, publishable_key, secret_hash, key_version, origins, status, created_at"
@@ -211,7 +211,7 @@ class AdminMixin:
     # -- accounts ---------------------------------------------------------------------------
 
     async def list_accounts(self, period: str) -> list[AccountSummary]:
-        columns = ", ".join(f"a.{c.strip()}" for c in ACCOUNT_COLUMNS.split(","))
+        columns = prefixed(ACCOUNT_COLUMNS, "a")
         rows = await self.pool.fetch(
             f"SELECT {columns}, "  # noqa: S608 (constant columns)
             "(SELECT COUNT(*) FROM connections c WHERE c.account_id = a.id), "

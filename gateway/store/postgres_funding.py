@@ -11,23 +11,13 @@ import hmac
 import asyncpg
 
 from gateway.store.base import FundingAttempt, FundingSource
-
-_SOURCE_COLUMNS = (
-    "id, account_id, provider, label, kek_id, wrapped_key, ciphertext, created_at, "
-    "problem, problem_at"
+from gateway.store.rows import (
+    ATTEMPT_COLUMNS,
+    SOURCE_COLUMNS,
+    attempt_of,
+    prefixed,
+    source_of,
 )
-_ATTEMPT_COLUMNS = (
-    "state_hash, session_hash, account_id, provider, verifier_hash, return_to, created_at, "
-    "expires_at"
-)
-
-
-def _source(row: asyncpg.Record) -> FundingSource:
-    return FundingSource(
-        id=row[0], account_id=row[1], provider=row[2], label=row[3], kek_id=row[4],
-        wrapped_key=bytes(row[5]), ciphertext=bytes(row[6]), created_at=row[7],
-        problem=row[8], problem_at=row[9],
-    )
 
 
 class FundingMixin:
@@ -42,7 +32,7 @@ class FundingMixin:
             await con.execute("DELETE FROM funding_sources WHERE account_id = $1",
                               source.account_id)
             await con.execute(
-                f"INSERT INTO funding_sources ({_SOURCE_COLUMNS}) "  # noqa: S608 (constant columns)
+                f"INSERT INTO funding_sources ({SOURCE_COLUMNS}) "  # noqa: S608 (constant columns)
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 source.id, source.account_id, source.provider, source.label, source.kek_id,
                 source.wrapped_key, source.ciphertext, source.created_at, source.problem,
@@ -51,20 +41,20 @@ class FundingMixin:
 
     async def funding_source(self, account_id: str) -> FundingSource | None:
         row = await self.pool.fetchrow(
-            f"SELECT {_SOURCE_COLUMNS} FROM funding_sources WHERE account_id = $1",  # noqa: S608 (constant columns)
+            f"SELECT {SOURCE_COLUMNS} FROM funding_sources WHERE account_id = $1",  # noqa: S608 (constant columns)
             account_id,
         )
-        return None if row is None else _source(row)
+        return None if row is None else source_of(row)
 
     async def connection_funding(self, app_id: str, user_id: str) -> FundingSource | None:
-        columns = ", ".join("f." + c.strip() for c in _SOURCE_COLUMNS.split(","))
+        columns = prefixed(SOURCE_COLUMNS, "f")
         row = await self.pool.fetchrow(
             f"SELECT {columns} FROM connections c "  # noqa: S608 (constant columns)
             "JOIN funding_sources f ON f.account_id = c.account_id "
             "WHERE c.app_id = $1 AND c.user_id = $2",
             app_id, user_id,
         )
-        return None if row is None else _source(row)
+        return None if row is None else source_of(row)
 
     async def delete_funding_source(self, account_id: str) -> bool:
         done = await self.pool.execute(
@@ -82,9 +72,9 @@ class FundingMixin:
 
     async def funding_sources(self) -> list[FundingSource]:
         rows = await self.pool.fetch(
-            f"SELECT {_SOURCE_COLUMNS} FROM funding_sources ORDER BY created_at"  # noqa: S608 (constant columns)
+            f"SELECT {SOURCE_COLUMNS} FROM funding_sources ORDER BY created_at"  # noqa: S608 (constant columns)
         )
-        return [_source(r) for r in rows]
+        return [source_of(r) for r in rows]
 
     async def rewrap_funding_source(
         self, source_id: str, *, old_kek_id: str, kek_id: str, wrapped_key: bytes
@@ -102,7 +92,7 @@ class FundingMixin:
             await con.execute("DELETE FROM funding_attempts WHERE expires_at < $1",
                               attempt.created_at)
             await con.execute(
-                f"INSERT INTO funding_attempts ({_ATTEMPT_COLUMNS}) "  # noqa: S608 (constant columns)
+                f"INSERT INTO funding_attempts ({ATTEMPT_COLUMNS}) "  # noqa: S608 (constant columns)
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 attempt.state_hash, attempt.session_hash, attempt.account_id,
                 attempt.provider, attempt.verifier_hash, attempt.return_to,
@@ -114,7 +104,7 @@ class FundingMixin:
     ) -> FundingAttempt | None:
         async with self.pool.acquire() as con, con.transaction():
             row = await con.fetchrow(
-                f"SELECT {_ATTEMPT_COLUMNS} FROM funding_attempts WHERE state_hash = $1 "  # noqa: S608 (constant columns)
+                f"SELECT {ATTEMPT_COLUMNS} FROM funding_attempts WHERE state_hash = $1 "  # noqa: S608 (constant columns)
                 "FOR UPDATE",
                 state_hash,
             )
@@ -122,8 +112,4 @@ class FundingMixin:
             if row is None or not hmac.compare_digest(bytes(row[1]), session_hash):
                 return None
             await con.execute("DELETE FROM funding_attempts WHERE state_hash = $1", state_hash)
-        return FundingAttempt(
-            state_hash=bytes(row[0]), session_hash=bytes(row[1]), account_id=row[2],
-            provider=row[3], verifier_hash=bytes(row[4]), return_to=row[5],
-            created_at=row[6], expires_at=row[7],
-        )
+        return attempt_of(row)

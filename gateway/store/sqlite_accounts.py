@@ -26,23 +26,14 @@ from gateway.store.base import (
     UsageRow,
     deleted_email,
 )
+from gateway.store.rows import (
+    ACCOUNT_COLUMNS,
+    CONSENT_COLUMNS,
+    account_connection_of,
+    account_of,
+)
 
 T = TypeVar("T")
-
-_ACCOUNT_COLUMNS = "id, email, password_hash, budget_nano, created_at, status"
-_CONSENT_COLUMNS = "app_id, user_id, cap_nano, origin, created_at, expires_at, used_at, outcome"
-
-
-def account_of(row: tuple[str, str, str, int, int, str]) -> Account:
-    """An :class:`Account` from a row of ``_ACCOUNT_COLUMNS``."""
-    return Account(
-        id=row[0], email=row[1], password_hash=row[2], budget_nano=row[3], created_at=row[4],
-        status=(
-            "deleted" if row[2] == DELETED_PASSWORD_HASH
-            else "disabled" if row[5] == "disabled" else "active"
-        ),
-    )
-
 
 def transaction(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
     """``body`` between ``BEGIN IMMEDIATE`` and ``COMMIT`` (rolled back if it or the
@@ -102,7 +93,7 @@ class AccountsMixin:
     async def account_by_email(self, email: str) -> Account | None:
         row = await self._run(
             lambda c: c.execute(
-                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE email = ?", (email,)  # noqa: S608 (constant columns)
+                f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE email = ?", (email,)  # noqa: S608 (constant columns)
             ).fetchone()
         )
         return None if row is None else account_of(row)
@@ -114,7 +105,7 @@ class AccountsMixin:
                 (budget_nano, int(time.time()), email),
             )
             row = conn.execute(
-                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE email = ?", (email,)  # noqa: S608 (constant columns)
+                f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE email = ?", (email,)  # noqa: S608 (constant columns)
             ).fetchone()
             return None if row is None else account_of(row)
 
@@ -247,7 +238,7 @@ class AccountsMixin:
     async def consent(self, id_hash: bytes) -> Consent | None:
         row = await self._run(
             lambda c: c.execute(
-                f"SELECT {_CONSENT_COLUMNS} FROM consents WHERE id_hash = ?", (id_hash,)  # noqa: S608 (constant columns)
+                f"SELECT {CONSENT_COLUMNS} FROM consents WHERE id_hash = ?", (id_hash,)  # noqa: S608 (constant columns)
             ).fetchone()
         )
         return None if row is None else Consent(*row)
@@ -257,7 +248,7 @@ class AccountsMixin:
     ) -> Consent:
         def body(conn: sqlite3.Connection) -> Consent:
             row = conn.execute(
-                f"SELECT {_CONSENT_COLUMNS} FROM consents WHERE id_hash = ?", (id_hash,)  # noqa: S608 (constant columns)
+                f"SELECT {CONSENT_COLUMNS} FROM consents WHERE id_hash = ?", (id_hash,)  # noqa: S608 (constant columns)
             ).fetchone()
             if row is None:
                 raise ConsentGone("unknown")
@@ -306,14 +297,7 @@ class AccountsMixin:
                 (period, account_id),
             ).fetchall()
         )
-        return [
-            AccountConnection(
-                app_id=r[0], app_name=r[1], app_mode=r[2], user_id=r[3], status=r[4],
-                cap_nano=r[5], settled_nano=r[6], held_nano=r[7], period=period,
-                updated_at=r[8],
-            )
-            for r in rows
-        ]
+        return [account_connection_of(r, period) for r in rows]
 
     async def set_connection_cap(
         self, account_id: str, *, app_id: str, user_id: str, cap_nano: int

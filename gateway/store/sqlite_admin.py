@@ -27,7 +27,8 @@ from gateway.store.base import (
     UsageQuery,
     UsageSum,
 )
-from gateway.store.sqlite_accounts import _ACCOUNT_COLUMNS, account_of, record_event, transaction
+from gateway.store.rows import ACCOUNT_COLUMNS, account_of, prefixed
+from gateway.store.sqlite_accounts import record_event, transaction
 
 T = TypeVar("T")
 
@@ -225,7 +226,7 @@ class AdminMixin:
     # -- accounts ---------------------------------------------------------------------------
 
     async def list_accounts(self, period: str) -> list[AccountSummary]:
-        columns = ", ".join(f"a.{c.strip()}" for c in _ACCOUNT_COLUMNS.split(","))
+        columns = prefixed(ACCOUNT_COLUMNS, "a")
         rows = await self._run(
             lambda c: c.execute(
                 f"SELECT {columns}, "  # noqa: S608 (constant columns)
@@ -250,7 +251,7 @@ class AdminMixin:
         def body(conn: sqlite3.Connection) -> tuple[Account, int] | None:
             now = int(time.time())
             row = conn.execute(
-                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE email = ?", (email,)  # noqa: S608 (constant columns)
+                f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE email = ?", (email,)  # noqa: S608 (constant columns)
             ).fetchone()
             if row is None or account_of(row).status == "deleted":
                 return None
@@ -265,7 +266,7 @@ class AdminMixin:
                 revoked = _revoke_where(conn, "account_id = ?", (account.id,), now)
             updated = account_of(
                 conn.execute(
-                    f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ?",  # noqa: S608 (constant columns)
+                    f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?",  # noqa: S608 (constant columns)
                     (account.id,),
                 ).fetchone()
             )

@@ -9,30 +9,19 @@ from __future__ import annotations
 import hmac
 import sqlite3
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from gateway.store.base import FundingAttempt, FundingSource
+from gateway.store.rows import (
+    ATTEMPT_COLUMNS,
+    SOURCE_COLUMNS,
+    attempt_of,
+    prefixed,
+    source_of,
+)
 from gateway.store.sqlite_accounts import transaction
 
 T = TypeVar("T")
-
-_SOURCE_COLUMNS = (
-    "id, account_id, provider, label, kek_id, wrapped_key, ciphertext, created_at, "
-    "problem, problem_at"
-)
-_ATTEMPT_COLUMNS = (
-    "state_hash, session_hash, account_id, provider, verifier_hash, return_to, created_at, "
-    "expires_at"
-)
-
-
-def _source(row: tuple[Any, ...]) -> FundingSource:
-    return FundingSource(
-        id=row[0], account_id=row[1], provider=row[2], label=row[3], kek_id=row[4],
-        wrapped_key=bytes(row[5]), ciphertext=bytes(row[6]), created_at=row[7],
-        problem=row[8], problem_at=row[9],
-    )
-
 
 class FundingMixin:
     """Funding sources and connect attempts for the SQLite store."""
@@ -44,7 +33,7 @@ class FundingMixin:
         def body(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM funding_sources WHERE account_id = ?", (source.account_id,))
             conn.execute(
-                f"INSERT INTO funding_sources ({_SOURCE_COLUMNS}) "  # noqa: S608 (constant columns)
+                f"INSERT INTO funding_sources ({SOURCE_COLUMNS}) "  # noqa: S608 (constant columns)
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (source.id, source.account_id, source.provider, source.label, source.kek_id,
                  source.wrapped_key, source.ciphertext, source.created_at, source.problem,
@@ -56,14 +45,14 @@ class FundingMixin:
     async def funding_source(self, account_id: str) -> FundingSource | None:
         row = await self._run(
             lambda c: c.execute(
-                f"SELECT {_SOURCE_COLUMNS} FROM funding_sources WHERE account_id = ?",  # noqa: S608 (constant columns)
+                f"SELECT {SOURCE_COLUMNS} FROM funding_sources WHERE account_id = ?",  # noqa: S608 (constant columns)
                 (account_id,),
             ).fetchone()
         )
-        return None if row is None else _source(row)
+        return None if row is None else source_of(row)
 
     async def connection_funding(self, app_id: str, user_id: str) -> FundingSource | None:
-        columns = ", ".join("f." + c.strip() for c in _SOURCE_COLUMNS.split(","))
+        columns = prefixed(SOURCE_COLUMNS, "f")
         row = await self._run(
             lambda c: c.execute(
                 f"SELECT {columns} FROM connections c "  # noqa: S608 (constant columns)
@@ -72,7 +61,7 @@ class FundingMixin:
                 (app_id, user_id),
             ).fetchone()
         )
-        return None if row is None else _source(row)
+        return None if row is None else source_of(row)
 
     async def delete_funding_source(self, account_id: str) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
@@ -94,10 +83,10 @@ class FundingMixin:
     async def funding_sources(self) -> list[FundingSource]:
         rows = await self._run(
             lambda c: c.execute(
-                f"SELECT {_SOURCE_COLUMNS} FROM funding_sources ORDER BY created_at"  # noqa: S608 (constant columns)
+                f"SELECT {SOURCE_COLUMNS} FROM funding_sources ORDER BY created_at"  # noqa: S608 (constant columns)
             ).fetchall()
         )
-        return [_source(r) for r in rows]
+        return [source_of(r) for r in rows]
 
     async def rewrap_funding_source(
         self, source_id: str, *, old_kek_id: str, kek_id: str, wrapped_key: bytes
@@ -119,7 +108,7 @@ class FundingMixin:
                 "DELETE FROM funding_attempts WHERE expires_at < ?", (attempt.created_at,)
             )
             conn.execute(
-                f"INSERT INTO funding_attempts ({_ATTEMPT_COLUMNS}) "  # noqa: S608 (constant columns)
+                f"INSERT INTO funding_attempts ({ATTEMPT_COLUMNS}) "  # noqa: S608 (constant columns)
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (attempt.state_hash, attempt.session_hash, attempt.account_id,
                  attempt.provider, attempt.verifier_hash, attempt.return_to,
@@ -133,17 +122,13 @@ class FundingMixin:
     ) -> FundingAttempt | None:
         def take(conn: sqlite3.Connection) -> FundingAttempt | None:
             row = conn.execute(
-                f"SELECT {_ATTEMPT_COLUMNS} FROM funding_attempts WHERE state_hash = ?",  # noqa: S608 (constant columns)
+                f"SELECT {ATTEMPT_COLUMNS} FROM funding_attempts WHERE state_hash = ?",  # noqa: S608 (constant columns)
                 (state_hash,),
             ).fetchone()
             # Another browser's replay of the callback does not use up the attempt.
             if row is None or not hmac.compare_digest(bytes(row[1]), session_hash):
                 return None
             conn.execute("DELETE FROM funding_attempts WHERE state_hash = ?", (state_hash,))
-            return FundingAttempt(
-                state_hash=bytes(row[0]), session_hash=bytes(row[1]), account_id=row[2],
-                provider=row[3], verifier_hash=bytes(row[4]), return_to=row[5],
-                created_at=row[6], expires_at=row[7],
-            )
+            return attempt_of(row)
 
         return await self._run(lambda c: transaction(c, lambda: take(c)))
