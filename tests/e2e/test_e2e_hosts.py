@@ -15,7 +15,6 @@ test that the nodes are separate hosts is skipped, with the reason.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import uuid
@@ -37,16 +36,22 @@ from .harness import (
     GatewayConfig,
     chat_body,
     cli,
-    data_events,
     is_content,
     secret_headers,
     wait_until,
 )
-from .pgnodes import assert_consistent, rows, schema_of_its_own
+from .pgnodes import (
+    CHAT,
+    assert_consistent,
+    assert_the_race_kept_the_cap,
+    kill_mid_stream,
+    race_for_one_cap,
+    rows,
+    schema_of_its_own,
+)
 
 pytestmark = pytest.mark.e2e
 
-CHAT = "/v1/chat/completions"
 NANO = 1_000_000_000
 LEASE_S = 4.0
 NODES = 3
@@ -166,41 +171,14 @@ CAP_NANO = 60_000
 async def test_streams_on_three_nodes_never_overspend_one_cap(
     nodes: list[Gateway], database: str, app: AppKeys, user_id: str
 ) -> None:
-    headers = session(app, user_id, CAP_NANO)
-    limits = httpx.Limits(max_connections=STREAMS, max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-
-        async def one(i: int) -> tuple[int, int, bytes]:
-            body = {**chat_body("hi", chunks=CHUNKS, chunk_text=("a", "tok ")[i % 2],
-                                gap_ms=20), "max_tokens": CHUNKS,
-                    "stream_options": {"include_usage": True}}
-            # In waves of one stream per node: the first wave fits the cap whole.
-            await asyncio.sleep((i // NODES % 8) * 0.05)
-            response = await http.post(nodes[i % NODES].url + CHAT, json=body,
-                                       headers=headers)
-            return i % NODES, response.status_code, response.content
-
-        results = await asyncio.gather(*(one(i) for i in range(STREAMS)))
-
-    statuses = [status for _, status, _ in results]
-    assert set(statuses) <= {200, 402}, statuses
-    assert statuses.count(200) >= 3 and statuses.count(402) >= 1, statuses
+    results = await race_for_one_cap(
+        nodes, session(app, user_id, CAP_NANO), streams=STREAMS, chunks=CHUNKS,
+        # In waves of one stream per node: the first wave fits the cap whole.
+        delay_s=lambda i: (i // NODES % 8) * 0.05,
+    )
     # The race was across the hosts (which of them won which stream is the race's).
     assert len({node for node, status, _ in results if status == 200}) >= 2, results
-    for _, status, content in results:
-        if status == 200:
-            assert data_events(content)[-1] == "[DONE]"
-    await asyncio.to_thread(assert_consistent, database)
-    [(total,)] = await asyncio.to_thread(
-        rows, database, "SELECT COALESCE(sum(settled_nano), 0) FROM spend WHERE user_id = $1",
-        user_id,
-    )
-    ledger = await asyncio.to_thread(
-        rows, database, "SELECT cost_nano FROM ledger WHERE user_id = $1", user_id,
-    )
-    assert len(ledger) == statuses.count(200), ledger
-    assert total == sum(cost for (cost,) in ledger)
-    assert total <= CAP_NANO  # overshoot: exactly none
+    await assert_the_race_kept_the_cap(database, user_id, results, cap_nano=CAP_NANO)
 
 
 def test_an_app_disabled_through_one_node_is_refused_by_the_others(
@@ -350,34 +328,9 @@ def test_a_node_killed_mid_stream_is_reconciled_by_the_other_two(
 ) -> None:
     victim, *survivors = nodes
     headers = secret_headers(app, user_id)
-    stream = BackgroundStream(victim.url + CHAT, headers=headers,
-                              body=chat_body("hi", chunks=100, gap_ms=100))
-    assert stream.wait_for_content(5, timeout=10)
-    assert wait_until(
-        lambda: rows(database, "SELECT used_nano FROM holds WHERE user_id = $1",
-                     user_id)[0][0] > 0,
-        timeout=5, interval=0.05,
-    )
-    victim.stop(kill=True)
-    killed_at = time.monotonic()
-    with pytest.raises(httpx.TransportError):
-        stream.join(timeout=10)
     # Once the victim's lease lapses, a survivor's next reconciliation (every half lease)
     # settles the hold: well within the contract's 60 s.
-    assert wait_until(
-        lambda: rows(database, "SELECT count(*) FROM holds")[0][0] == 0,
-        timeout=3 * LEASE_S, interval=0.1,
-    )
-    elapsed = time.monotonic() - killed_at
-    assert elapsed < 3 * LEASE_S
-    [(status, source, code, cost)] = rows(
-        database, "SELECT status, cost_source, error_code, cost_nano FROM ledger "
-        "WHERE user_id = $1", user_id,
-    )
-    # The upstream's record of the generation (its id was kept with the hold).
-    assert (status, source, code) == ("reconciled", "generation", "process_lost")
-    assert cost > 0
-    assert_consistent(database)
+    kill_mid_stream(victim, database, headers, user_id, within_s=3 * LEASE_S)
     for node in survivors:
         assert chat(node, headers).status_code == 200
     victim.start()

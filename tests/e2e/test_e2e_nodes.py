@@ -8,7 +8,6 @@ holds settled by the survivor within its lease.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,16 +26,22 @@ from .harness import (
     Gateway,
     GatewayConfig,
     chat_body,
-    data_events,
     is_content,
     secret_headers,
     wait_until,
 )
-from .pgnodes import assert_consistent, rows, schema_of_its_own
+from .pgnodes import (
+    CHAT,
+    assert_consistent,
+    assert_the_race_kept_the_cap,
+    kill_mid_stream,
+    race_for_one_cap,
+    rows,
+    schema_of_its_own,
+)
 
 pytestmark = pytest.mark.e2e
 
-CHAT = "/v1/chat/completions"
 NANO = 1_000_000_000
 LEASE_S = 5.0
 
@@ -93,38 +98,11 @@ CAP_NANO = 60_000
 async def test_streams_on_two_nodes_never_overspend_one_cap(
     nodes: list[Gateway], database: str, app: AppKeys, user_id: str
 ) -> None:
-    headers = session(app, user_id, CAP_NANO)
-    limits = httpx.Limits(max_connections=STREAMS, max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-
-        async def one(i: int) -> tuple[int, bytes]:
-            body = {**chat_body("hi", chunks=CHUNKS, chunk_text=("a", "tok ")[i % 2],
-                                gap_ms=20), "max_tokens": CHUNKS,
-                    "stream_options": {"include_usage": True}}
-            await asyncio.sleep((i % 8) * 0.05)
-            response = await http.post(nodes[i % 2].url + CHAT, json=body, headers=headers)
-            return response.status_code, response.content
-
-        results = await asyncio.gather(*(one(i) for i in range(STREAMS)))
-
-    statuses = [status for status, _ in results]
-    assert set(statuses) <= {200, 402}, statuses
-    assert statuses.count(200) >= 3 and statuses.count(402) >= 1, statuses
-    for status, content in results:
-        if status == 200:
-            assert data_events(content)[-1] == "[DONE]"
-    await asyncio.to_thread(assert_consistent, database)
-    [(total,)] = await asyncio.to_thread(
-        rows, database, "SELECT COALESCE(sum(settled_nano), 0) FROM spend WHERE user_id = $1",
-        user_id,
+    results = await race_for_one_cap(
+        nodes, session(app, user_id, CAP_NANO), streams=STREAMS, chunks=CHUNKS,
+        delay_s=lambda i: (i % 8) * 0.05,
     )
-    ledger = await asyncio.to_thread(
-        rows, database, "SELECT status, cost_source, cost_nano, upstream_cost_nano, "
-        "operator_nano FROM ledger WHERE user_id = $1", user_id,
-    )
-    assert len(ledger) == statuses.count(200), ledger
-    assert total == sum(row[2] for row in ledger), ledger
-    assert total <= CAP_NANO  # overshoot: exactly none
+    await assert_the_race_kept_the_cap(database, user_id, results, cap_nano=CAP_NANO)
 
 
 def test_a_revocation_on_one_node_cuts_a_stream_on_the_other(
@@ -180,34 +158,9 @@ def test_a_node_killed_mid_stream_is_reconciled_by_the_other(
 ) -> None:
     victim, survivor = nodes
     headers = secret_headers(app, user_id)
-    stream = BackgroundStream(victim.url + CHAT, headers=headers,
-                              body=chat_body("hi", chunks=100, gap_ms=100))
-    assert stream.wait_for_content(5, timeout=10)
-    assert wait_until(
-        lambda: rows(database, "SELECT used_nano FROM holds WHERE user_id = $1",
-                     user_id)[0][0] > 0,
-        timeout=5, interval=0.05,
-    )
-    victim.stop(kill=True)
-    killed_at = time.monotonic()
-    with pytest.raises(httpx.TransportError):
-        stream.join(timeout=10)
     # The survivor settles the hold once the victim's lease lapses (a few seconds here,
     # lease_s in production: within half a minute by default).
-    assert wait_until(
-        lambda: rows(database, "SELECT count(*) FROM holds")[0][0] == 0,
-        timeout=3 * LEASE_S + 5, interval=0.1,
-    )
-    assert time.monotonic() - killed_at < 3 * LEASE_S + 5
-    [(status, source, code, cost)] = rows(
-        database, "SELECT status, cost_source, error_code, cost_nano FROM ledger "
-        "WHERE user_id = $1", user_id,
-    )
-    # The upstream keeps a record of the generation (its id was kept with the hold): the
-    # survivor looked it up, rather than charging the victim's last checkpoint.
-    assert (status, source, code) == ("reconciled", "generation", "process_lost")
-    assert cost > 0
-    assert_consistent(database)
+    kill_mid_stream(victim, database, headers, user_id, within_s=3 * LEASE_S + 5)
     # The survivor serves the same user on; the victim comes back on the same database.
     assert httpx.post(survivor.url + CHAT, json=chat_body("after", stream=False),
                       headers=headers, timeout=20).status_code == 200
