@@ -23,7 +23,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,12 +92,15 @@ class Endpoint:
         }
 
 
+_CLI = "import sys; from gateway.cli import main; sys.exit(main())"
+
+
 def wattfare_argv() -> list[str]:
     """How to run the project's CLI with the interpreter that runs the bench."""
     script = Path(sys.executable).with_name("wattfare")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", _CLI]
 
 
 def start_upstream(*, work: Path, env: dict[str, str]) -> tuple[Proc, str]:
@@ -201,9 +204,11 @@ def start_gateway(
     metering: Mapping[str, float] | None = None,
     database_url: str = "",
     nodes: int = 1,
+    wrap: Sequence[str] = (),
 ) -> Endpoint:
     """Write a config, create a test-mode app, and start ``wattfare serve`` (``nodes`` of
-    them on the PostgreSQL database at ``database_url``, if given)."""
+    them on the PostgreSQL database at ``database_url``, if given; under ``wrap``, a
+    command such as valgrind, if given)."""
     endpoint = Endpoint(name=name)
     missing = gateway_available()
     if missing:
@@ -229,7 +234,9 @@ def start_gateway(
         detail = getattr(exc, "stderr", "") or ""
         endpoint.fail(f"wattfare apps create failed: {exc} {detail}")
         return endpoint
-    argv = [*wattfare_argv(), "serve", "--config", str(config)]
+    # Under a wrapper, the interpreter itself runs under it (not an entry script).
+    cli = [*wrap, sys.executable, "-c", _CLI] if wrap else wattfare_argv()
+    argv = [*cli, "serve", "--config", str(config)]
     if workers > 1:
         argv += ["--workers", str(workers)]
     endpoint.proc = start(name, argv, log_dir=work, env=env, cwd=work, port=port)

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.paths import ALL_PATHS, bench_env, under_load
+from bench.cpu import baseline_tree
+from bench.paths import ALL_PATHS, bench_env, start_gateway, under_load
 from bench.scenarios import Scenario
 
 BENCH = Path(__file__).resolve().parent
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--out", default=str(BENCH / ".work" / "profile"))
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help="profile the gateway as of this commit instead (same load)")
     args = parser.parse_args(argv)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(pyspy).exists():
@@ -103,7 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     env = bench_env()
-    with under_load([args.path], work=work, env=env) as (_, endpoints, channel):
+    with under_load([args.path], work=work, env=env) as (base, endpoints, channel):
+        if args.baseline:
+            tree = baseline_tree(args.baseline, work)
+            args.path = f"gateway@{args.baseline}"
+            endpoints[args.path] = start_gateway(
+                args.path.replace("@", "-at-").replace("/", "-"), workers=1,
+                upstream_base=base, work=work, env={**env, "PYTHONPATH": str(tree)},
+            )
+            started = endpoints[args.path]
+            if started.proc is not None:
+                started.proc.wait_http(started.ready_url, timeout_s=60)
         endpoint = endpoints[args.path]
         if not endpoint.available or endpoint.proc is None:
             raise SystemExit(f"{args.path} unavailable: {endpoint.reason}")
@@ -116,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         channel.call({"op": "run", **warm}, timeout_s=60)
         channel.send({"op": "run", **spec})
         time.sleep(1.0)
-        stem = out / f"{stamp}-{args.path}"
+        stem = out / f"{stamp}-{args.path.replace('@', '-at-')}"
         for fmt, suffix in (("raw", ".collapsed.txt"), ("flamegraph", ".svg")):
             subprocess.run(
                 [pyspy, "record", "--pid", str(endpoint.proc.pid), "--subprocesses",

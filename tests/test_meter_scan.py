@@ -3,6 +3,7 @@ count differently, than metering them one by one."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -30,7 +31,7 @@ class FixedStore:
         self.calls += 1
         return Extension(granted_nano=self.grant if add_nano else 0, revoked=self.revoked)
 
-    async def note_generation(self, hold_id: str, generation_id: str) -> None:
+    def note_generation(self, hold_id: str, generation_id: str) -> asyncio.Future[None]:
         raise AssertionError("the meter itself never keeps generation ids")
 
 

@@ -111,3 +111,15 @@ def test_text_as_parts_counts_the_rest_of_the_run() -> None:
 def test_a_key_that_is_a_value_is_not_counted_as_text() -> None:
     event = b'data: {"choices":[{"delta":{"role":"content","content":"ab"}}]}\n\n'
     assert token_bound(event) == 2
+
+
+def test_a_string_that_does_not_close_counts_the_whole_run() -> None:
+    event = b'data: {"choices":[{"delta":{"content":"abc}]}\n\n'
+    assert token_bound(event) == len(event)
+
+
+def test_text_keys_in_other_strings_are_not_fields() -> None:
+    # Inside a string a quote is escaped: a key's spelling there is not a key.
+    event = (b'data: {"model":"a \\"content\\": \\"x\\"","choices":[{"delta":'
+             b'{"content":"hi"}}]}\n\n')
+    assert token_bound(event) == 2

@@ -12,6 +12,7 @@ Rare events (usage, errors, ``[DONE]``) are parsed; the rest are only measured.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 import orjson
@@ -38,7 +39,7 @@ class Extender(Protocol):
     """What a running stream needs of the store."""
 
     async def extend(self, hold_id: str, *, add_nano: int, used_nano: int) -> Extension: ...
-    async def note_generation(self, hold_id: str, generation_id: str) -> None: ...
+    def note_generation(self, hold_id: str, generation_id: str) -> asyncio.Future[None]: ...
 
 
 def revoked() -> ConnectionRevoked:

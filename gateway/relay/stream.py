@@ -102,19 +102,17 @@ class Relay:
         self.extend_tokens = extend_tokens
         self.checkpoint_interval_s = checkpoint_interval_s
         self._idle: IdleTimers | None = None
-        self._notes: set[asyncio.Future[None]] = set()
 
     def _note_generation(self, hold_id: str, generation_id: str) -> None:
-        """Keep the generation's id with the hold, off the stream's path: should the
-        process die mid-stream, reconciliation looks the generation up by it."""
-        task = asyncio.ensure_future(self.store.note_generation(hold_id, generation_id))
-        self._notes.add(task)
-        task.add_done_callback(self._noted)
-
-    def _noted(self, task: asyncio.Future[None]) -> None:
-        self._notes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("could not keep a generation id with its hold: %r", task.exception())
+        """Keep the generation's id with the hold, off the stream's path (queued with the
+        store's next commit; the stream does not wait for it): should the process die
+        mid-stream, reconciliation looks the generation up by it."""
+        try:
+            noted = self.store.note_generation(hold_id, generation_id)
+        except Exception as exc:  # the store closing: the hold is settled all the same
+            log.warning("could not keep a generation id with its hold: %r", exc)
+            return
+        noted.add_done_callback(_noted)
 
     def _idle_timers(self, loop: asyncio.AbstractEventLoop) -> IdleTimers:
         if self._idle is None or self._idle.loop is not loop:
@@ -324,6 +322,11 @@ class Relay:
             ) from None
         if not meter.done:
             raise End("upstream_error", UpstreamError("The upstream ended the stream early."))
+
+
+def _noted(noted: asyncio.Future[None]) -> None:
+    if not noted.cancelled() and noted.exception() is not None:
+        log.warning("could not keep a generation id with its hold: %r", noted.exception())
 
 
 def _without(buf: bytes, meter: Meter, cut: int, forward_to: int) -> tuple[bytes, int, int]:

@@ -37,6 +37,7 @@ charged against their cap alone.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -496,8 +497,11 @@ class MeteringStore(Protocol):
     async def reserve(self, req: HoldRequest) -> Hold: ...
     async def extend(self, hold_id: str, *, add_nano: int, used_nano: int) -> Extension: ...
 
-    async def note_generation(self, hold_id: str, generation_id: str) -> None:
-        """Keep the upstream's generation id with the hold, for a look-up after a crash."""
+    def note_generation(self, hold_id: str, generation_id: str) -> asyncio.Future[None]:
+        """Keep the upstream's generation id with the hold, for a look-up after a crash:
+        queued at once with the store's next commit, without a task of its own (a stream
+        calls this and goes on). The future is done when it is committed; awaiting it is
+        optional."""
         ...
 
     async def settle(self, settlement: Settlement) -> Charge | None:

@@ -200,12 +200,56 @@ class Batcher:
         self._queue: deque[tuple[Op, asyncio.Future[Row]]] = deque()
         self._idle: list[asyncio.Future[None]] = []  # lanes waiting for writes
         self._closing = False
+        self._alone_tasks: set[asyncio.Future[Row]] = set()
         self._lanes = [asyncio.ensure_future(self._lane()) for _ in range(lanes)]
         self.batches = 0  # batches of more than one write sent (for tests and tuning)
 
     async def run(self, kind: str, args: tuple[Any, ...]) -> Row:
         """The write's result row, as its single-step statement returns it (None for a
         note)."""
+        try:
+            return await self._queued(kind, args)
+        except _Alone:
+            return await self._alone(self._pool, kind, args)
+
+    def submit(self, kind: str, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """:meth:`run` without waiting and without a task: the write is queued, and the
+        future is done with its row once it is committed (a write its batch's failure
+        sends alone gets a task then, a rare case)."""
+        queued = self._queued(kind, args)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def landed(future: asyncio.Future[Row]) -> None:
+            if done.done():
+                return
+            if future.cancelled():
+                done.cancel()
+                return
+            error = future.exception()
+            if isinstance(error, _Alone):
+                alone = asyncio.ensure_future(self._alone(self._pool, kind, args))
+                self._alone_tasks.add(alone)
+                alone.add_done_callback(lambda task: self._alone_done(task, done))
+            elif error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(future.result())
+
+        queued.add_done_callback(landed)
+        return done
+
+    def _alone_done(self, task: asyncio.Future[Row], done: asyncio.Future[Any]) -> None:
+        self._alone_tasks.discard(task)
+        if done.done():
+            return
+        if task.cancelled():
+            done.cancel()
+        elif task.exception() is not None:
+            done.set_exception(task.exception())  # type: ignore[arg-type]
+        else:
+            done.set_result(task.result())
+
+    def _queued(self, kind: str, args: tuple[Any, ...]) -> asyncio.Future[Row]:
         if self._closing:
             raise RuntimeError("store is not open")
         future: asyncio.Future[Row] = asyncio.get_running_loop().create_future()
@@ -214,10 +258,7 @@ class Batcher:
             wake = self._idle.pop()
             if not wake.done():
                 wake.set_result(None)
-        try:
-            return await future
-        except _Alone:
-            return await self._alone(self._pool, kind, args)
+        return future
 
     async def close(self) -> None:
         """Send the writes already handed over, then give the lanes' connections back."""

@@ -13,6 +13,7 @@ transaction and one round trip (:mod:`gateway.store.postgres_batch`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
@@ -272,8 +273,8 @@ class MeteringMixin:
             snapshot = tuple(row[1:])
         raise StoreError(f"extension of {hold_id!r} kept changing under it")
 
-    async def note_generation(self, hold_id: str, generation_id: str) -> None:
-        await self._batcher.run(NOTE, (hold_id, generation_id))
+    def note_generation(self, hold_id: str, generation_id: str) -> asyncio.Future[None]:
+        return self._batcher.submit(NOTE, (hold_id, generation_id))
 
     async def settle(self, settlement: Settlement) -> Charge | None:
         mine = self._snapshots.hold(settlement.hold_id)

@@ -293,6 +293,11 @@ class SQLiteStore(MeteringMixin, AccountsMixin, FundingMixin, AdminMixin):
         queue, so other statements interleave; results reach the waiting requests with
         one ``call_soon_threadsafe`` per batch.
         """
+        return await self._submit(fn)
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """:meth:`_batched` without waiting: ``fn`` is queued for the next batch, and the
+        future is done once that batch has committed."""
         db = self._db
         if db is None:
             raise RuntimeError("store is not open")
@@ -304,7 +309,7 @@ class SQLiteStore(MeteringMixin, AccountsMixin, FundingMixin, AdminMixin):
             self._draining = True
         if start:
             self._post(db, functools.partial(self._drain, db, loop))
-        return await future
+        return future
 
     @staticmethod
     def _post(db: aiosqlite.Connection, job: Callable[[], None]) -> None:

@@ -9,6 +9,7 @@ commit, see ``SQLiteStore._batched``).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
@@ -103,6 +104,9 @@ class MeteringMixin:
         raise NotImplementedError  # provided by SQLiteStore
 
     async def _batched(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        raise NotImplementedError  # provided by SQLiteStore
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         raise NotImplementedError  # provided by SQLiteStore
 
     def _live_instances(self, conn: sqlite3.Connection) -> list[str]:
@@ -238,12 +242,13 @@ class MeteringMixin:
 
         return await self._batched(body)
 
-    async def note_generation(self, hold_id: str, generation_id: str) -> None:
-        await self._batched(
-            lambda c: c.execute(
+    def note_generation(self, hold_id: str, generation_id: str) -> asyncio.Future[None]:
+        def note(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "UPDATE holds SET generation_id = ? WHERE id = ?", (generation_id, hold_id)
             )
-        )
+
+        return self._submit(note)
 
     async def settle(self, settlement: Settlement) -> Charge | None:
         return await self._batched(lambda c: self._settle(c, settlement))

@@ -158,6 +158,42 @@ async def test_a_batch_that_fails_as_a_whole_goes_again_step_by_step(
     await assert_consistent(pg)
 
 
+async def test_a_note_nobody_waits_for_survives_its_batch_failing(pg: PostgresBackend) -> None:
+    [store] = await _opened(pg, 1)
+    try:
+        app = (await store.create_app(name="a", mode="test", origins=())).app
+        users = [f"u{i}" for i in range(4)]
+        await _warm(store, app.id, users)
+        holds = [await store.reserve(hold_request(app.id, u, want=10)) for u in users[2:]]
+        before = _batches(store)
+        # The generation ids are queued the way a stream queues them (no task, nobody
+        # waiting), in the same batch as two reserves whose holds collide: the batch
+        # fails as a whole and each write goes again alone, the notes too.
+        twin = hold_request(app.id, users[0], want=10)
+
+        async def note(i: int, hold: Hold) -> None:
+            noted = store.note_generation(hold.id, f"gen-{i}")  # in the reserves' turn
+            await noted
+
+        results = await asyncio.gather(
+            store.reserve(twin), store.reserve(dataclasses.replace(twin, user_id=users[1])),
+            *(note(i, h) for i, h in enumerate(holds)), return_exceptions=True,
+        )
+        assert _batches(store) == before
+        assert sum(isinstance(r, asyncpg.UniqueViolationError) for r in results) == 1
+        assert results[2:] == [None, None]
+        rows = await pg.rows("SELECT id, generation_id FROM holds WHERE generation_id IS NOT NULL")
+        assert sorted(rows) == sorted((h.id, f"gen-{i}") for i, h in enumerate(holds))
+        for result in results[:2]:
+            if isinstance(result, Hold):
+                await store.settle(settlement(result.id, 0))
+        for hold in holds:
+            await store.settle(settlement(hold.id, 1))
+    finally:
+        await store.close()
+    await assert_consistent(pg)
+
+
 async def test_one_step_alone_is_the_single_step_path(pg: PostgresBackend) -> None:
     [store] = await _opened(pg, 1)
     try:
