@@ -59,25 +59,57 @@ def token_bound(buf: bytes, start: int = 0, stop: int | None = None) -> int:
         if len(value) == 1:
             return stop - start  # parts, or a string that does not close
         total += len(value)
-    if buf.find(b"\\u", start, stop) != -1 and (
-        buf.count(b"\\u", start, stop) != b"".join(values).count(b"\\u")
-    ):
-        return stop - start
+    # A backslash first (one byte, found by memchr; most runs have none), then whether
+    # every ``\\u`` of the run lies in the text values found.
+    if buf.find(b"\\", start, stop) != -1:
+        text = b"".join(values)
+        if buf.count(b"\\", start, stop) != text.count(b"\\") and (
+            buf.count(b"\\u", start, stop) != text.count(b"\\u")
+        ):
+            return stop - start
     return total
 
 
-def first_rare(buf: bytes, stop: int) -> int:
-    """Where the first event holding one of :data:`RARE` starts in ``buf[:stop]`` (a run of
-    whole events); ``stop`` if none does."""
+def first_rare(buf: bytes, stop: int, start: int = 0) -> int:
+    """Where the first event holding one of :data:`RARE` starts in ``buf[start:stop]`` (a
+    run of whole events); ``stop`` if none does."""
     first = stop
     for marker in RARE:
-        at = buf.find(marker, 0, first)
+        at = buf.find(marker, start, first)
         if at != -1:
             first = at
     if first == stop:
         return stop
-    before = buf.rfind(b"\n\n", 0, first)
-    return 0 if before == -1 else before + 2
+    before = buf.rfind(b"\n\n", start, first)
+    return start if before == -1 else before + 2
+
+
+def template_of(buf: bytes, start: int, stop: int) -> tuple[bytes, bytes] | None:
+    """The event starting at ``start`` as a template (the bytes before its text and the
+    bytes after), when it is a plain data event whose text is one string, with no
+    backslash outside it and none of :data:`RARE` in it; else None.
+
+    Every event of a stream that is those same two byte strings around a text without
+    quotes has the same JSON structure, so its one text field is that text and its bound
+    is that text's length (what :func:`token_bound` finds in it): the meter counts such
+    events without searching them (:meth:`gateway.relay.meter.Meter.scan`)."""
+    end = buf.find(b"\n\n", start, stop)
+    if end == -1 or not buf.startswith(b"data: {", start) or buf[end - 1] != 0x7D:
+        return None
+    end += 2
+    for marker in RARE:
+        if buf.find(marker, start, end) != -1:
+            return None
+    fields = _TEXT_FIELD.finditer(buf, start, end)
+    field = next(fields, None)
+    if field is None or next(fields, None) is not None:
+        return None
+    value_start, value_end = field.span(1)
+    if value_end - value_start < 2:  # parts, or a string that does not close
+        return None
+    if buf.find(b"\\", start, value_start) != -1 or buf.find(b"\\", value_end, end) != -1:
+        return None
+    return buf[start:value_start + 1], buf[value_end - 1:end]
 
 
 def well_formed(buf: bytes, pos: int, stop: int) -> bool:

@@ -4,6 +4,8 @@ count differently, than metering them one by one."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import random
 from typing import Any
 
@@ -14,7 +16,7 @@ from gateway.config import settings_from_mapping
 from gateway.live import StreamFlag
 from gateway.metering import Price
 from gateway.relay import Meter, Outcome
-from gateway.sse import first_rare, token_bound, well_formed
+from gateway.sse import first_rare, template_of, token_bound, well_formed
 from gateway.store.base import Extension, Hold
 from gateway.upstreams import Upstreams
 
@@ -104,6 +106,30 @@ def test_well_formed(events: list[bytes], ok: bool) -> None:
     assert well_formed(buf, 0, len(buf)) is ok
 
 
+# Texts that a content event's template must not be fooled by: quotes, backslashes,
+# escapes, the markers of rare events, the template's own bytes.
+TRICKY = ('say "hi"', "a\\", "\\", "back\\slash\"", "data: [DONE]", '"usage"', "\n\n",
+          "é\u2028", '"}]}', "x" * 40, "")
+
+
+def _event(rng: random.Random) -> bytes:
+    """A content event, most often in the stream's one shape, sometimes in another."""
+    roll = rng.random()
+    text = rng.choice(TRICKY) if roll < 0.2 else "x" * rng.randint(0, 12)
+    if roll < 0.9:
+        return content(text)
+    if roll < 0.93:  # spaced, as Python's json writes it
+        doc = {"id": "gen-1", "choices": [{"index": 0, "delta": {"content": text}}]}
+        return b"data: " + json.dumps(doc).encode() + b"\n\n"
+    if roll < 0.96:  # two text fields
+        doc = {"id": "gen-1", "choices": [{"index": 0, "delta": {"content": text,
+                                                                  "reasoning": "r" * 3}}]}
+        return b"data: " + orjson.dumps(doc) + b"\n\n"
+    finish = {"id": "gen-1", "choices": [{"index": 0, "delta": {"content": ""},
+                                          "finish_reason": "stop"}]}
+    return b"data: " + orjson.dumps(finish) + b"\n\n"
+
+
 def _random_stream(rng: random.Random) -> list[bytes]:
     events: list[bytes] = []
     for _ in range(rng.randint(0, 30)):
@@ -115,7 +141,7 @@ def _random_stream(rng: random.Random) -> list[bytes]:
         elif roll < 0.16:
             events.append(rng.choice(ODD))
         else:
-            events.append(content("x" * rng.randint(0, 12)))
+            events.append(_event(rng))
     if rng.random() < 0.5:
         events += [USAGE, DONE]
     elif rng.random() < 0.5:
@@ -146,6 +172,57 @@ async def test_run_metering_matches_event_by_event_metering() -> None:
         fast = await _outcome(buf, hold_nano=hold_nano, grant=grant, revoked=revoked, fast=True)
         slow = await _outcome(buf, hold_nano=hold_nano, grant=grant, revoked=revoked, fast=False)
         assert fast == slow, buf
+
+
+async def _outcome_in_reads(
+    events: list[bytes], cuts: list[int], *, hold_nano: int, grant: int, fast: bool
+) -> tuple[Any, ...]:
+    """Meter the stream read by read (cut between events at ``cuts``), as the relay
+    does: what was forwarded, counted and charged, and where it stopped."""
+    store = FixedStore(grant=grant)
+    m = meter(hold_nano, store)
+    result = Outcome(model="m")
+    flag = StreamFlag()
+    forwarded = 0
+    bounds = [0, *sorted(set(cuts)), len(events)]
+    for a, b in itertools.pairwise(bounds):
+        buf = b"".join(events[a:b])
+        if not buf:
+            continue
+        forward_to = await m.scan(buf, len(buf), flag=flag, outcome=result, runs=fast)
+        m.skip = None
+        forwarded += forward_to
+        if m.stop is not None or m.done:
+            break
+    stop = None if m.stop is None else m.stop.status
+    return (forwarded, m.completion_tokens, m.done, m.saw_usage, stop, m.hold_nano,
+            result.cost_nano)
+
+
+async def test_templated_metering_over_many_reads_matches_event_by_event() -> None:
+    rng = random.Random(20261202)
+    for _ in range(3000):
+        events = _random_stream(rng)
+        cuts = [rng.randint(0, len(events)) for _ in range(rng.randint(0, 6))]
+        hold_nano = rng.choice([10, 50, 100, 200, 400, 10_000])
+        grant = rng.choice([0, 0, 40])
+        fast = await _outcome_in_reads(events, cuts, hold_nano=hold_nano, grant=grant,
+                                       fast=True)
+        slow = await _outcome_in_reads(events, cuts, hold_nano=hold_nano, grant=grant,
+                                       fast=False)
+        assert fast == slow, (events, cuts)
+
+
+def test_a_template_is_the_bytes_around_the_one_text() -> None:
+    event = content("hello")
+    head, tail = template_of(event, 0, len(event)) or (b"", b"")
+    assert event == head + b"hello" + tail
+    assert head.endswith(b'"content":"') and tail.startswith(b'"')
+    # Not a template: two text fields, a backslash outside the text, a rare event.
+    two = b'data: {"choices":[{"delta":{"content":"a","reasoning":"b"}}]}\n\n'
+    escaped_key = b'data: {"choices":[{"delta":{"\\u0063ontent":"a","content":"b"}}]}\n\n'
+    for odd in (two, escaped_key, USAGE, DONE, COMMENT, MALFORMED):
+        assert template_of(odd, 0, len(odd)) is None
 
 
 async def test_a_revoked_flag_stops_before_the_first_event() -> None:

@@ -21,9 +21,13 @@ from gateway.errors import ConnectionRevoked, GatewayError, SpendCapReached, Ups
 from gateway.live import StreamFlag
 from gateway.metering import Price
 from gateway.relay.outcome import Outcome
-from gateway.sse import DONE, first_rare, token_bound, well_formed
+from gateway.sse import DONE, first_rare, template_of, token_bound, well_formed
 from gateway.store.base import Extension, Hold
 from gateway.upstreams.base import Upstream
+
+# How many times a stream's template is learned: once in the common case; a stream whose
+# events keep changing shape (varying padding, say) stops trying.
+TEMPLATES = 3
 
 
 class End(Exception):
@@ -62,7 +66,8 @@ class Meter:
     __slots__ = (
         "completion_pico", "completion_tokens", "covered", "done", "done_at", "extend_nano",
         "final", "hold", "hold_nano", "lowered_bound", "price", "prompt_nano",
-        "prompt_tokens", "saw_usage", "skip", "stop", "store", "strip_usage", "upstream",
+        "prompt_tokens", "saw_usage", "skip", "stop", "store", "strip_usage", "template",
+        "templates_left", "upstream",
     )
 
     def __init__(
@@ -91,6 +96,10 @@ class Meter:
         self.skip: list[tuple[int, int]] | None = None
         self.covered = self._covered_tokens()
         self.stop: End | None = None
+        # The stream's content events, as bytes around their text (see template_of);
+        # learned from an event at most TEMPLATES times a stream.
+        self.template: tuple[bytes, bytes] | None = None
+        self.templates_left = TEMPLATES
 
     def estimate_nano(self) -> int:
         return self.prompt_nano + -(-self.completion_tokens * self.completion_pico // 1000)
@@ -128,27 +137,73 @@ class Meter:
         (less any :attr:`skip` spans). ``runs=False`` meters event by event only (the
         reference the run shortcut is tested against).
 
-        The run of events before the first rare one (usage, error, ``[DONE]``) is metered
-        as a whole when the hold covers all of it and it is well formed: one bound, one
-        compare. Otherwise, and for the rest, event by event, so a cut lands exactly
-        between the last covered event and the first uncovered one. (Nothing can revoke
-        the stream while this runs without awaiting, so one flag check covers the run.)
+        First, events that are the stream's template (its content events: the same bytes
+        around a text without quotes) are counted by their text's length, found with one
+        byte search each. Then the run of events before the first rare one (usage, error,
+        ``[DONE]``) is metered as a whole when the hold covers all of it and it is well
+        formed: one bound, one compare. Otherwise, and for the rest, event by event, so a
+        cut lands exactly between the last covered event and the first uncovered one.
+        (Nothing can revoke the stream while this runs without awaiting, so one flag check
+        covers the run.)
         """
         if flag.revoked:
             self.stop = End("cut_revoked", revoked())
             return 0
         pos = 0
-        run_end = first_rare(buf, end) if runs else 0
-        if run_end:
-            tokens = token_bound(buf, 0, run_end)
-            if (
-                self.saw_usage or self.completion_tokens + tokens <= self.covered
-            ) and well_formed(buf, 0, run_end):
-                self.completion_tokens += tokens
-                pos = run_end
+        if runs:
+            pos = self._templated(buf, end)
+            run_end = first_rare(buf, end, pos) if pos < end else pos
+            if run_end > pos:
+                tokens = token_bound(buf, pos, run_end)
+                if (
+                    self.saw_usage or self.completion_tokens + tokens <= self.covered
+                ) and well_formed(buf, pos, run_end):
+                    self.completion_tokens += tokens
+                    pos = run_end
         if pos == end:
             return end
         return await self._scan_events(buf, pos, end, flag=flag, outcome=outcome)
+
+    def _templated(self, buf: bytes, end: int) -> int:
+        """Count the events from the start of ``buf[:end]`` (after any comments) that are
+        the template, as long as the hold covers them; where the first other event
+        starts."""
+        pos = 0
+        # Comments (``: OPENROUTER PROCESSING``) come before the first token; they carry none.
+        while buf.startswith(b":", pos):
+            after = buf.find(b"\n\n", pos, end)
+            if after == -1:
+                return pos
+            pos = after + 2
+        template = self.template
+        if template is None or not buf.startswith(template[0], pos):
+            if self.templates_left <= 0:
+                return pos
+            self.templates_left -= 1
+            template = template_of(buf, pos, end)
+            if template is None:
+                return pos  # the template learned before (if any) stays
+            self.template = template
+        head, tail = template
+        head_len, tail_len = len(head), len(tail)
+        tokens, covered, saw_usage = self.completion_tokens, self.covered, self.saw_usage
+        while True:
+            text_end = buf.find(b'"', pos + head_len, end)
+            if (
+                text_end == -1
+                or buf[text_end - 1] == 0x5C  # an escaped quote: the slow path reads it
+                or text_end + tail_len > end
+                or not buf.startswith(tail, text_end)
+            ):
+                break
+            counted = tokens + text_end - pos - head_len
+            if counted > covered and not saw_usage:
+                break
+            tokens, pos = counted, text_end + tail_len
+            if pos >= end or not buf.startswith(head, pos):
+                break
+        self.completion_tokens = tokens
+        return pos
 
     async def _scan_events(
         self, buf: bytes, pos: int, end: int, *, flag: StreamFlag, outcome: Outcome
