@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+from itertools import chain
 from typing import Any
 
 import httptools
@@ -140,7 +141,8 @@ class BoundedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm()
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        headers = self.headers
+        size = len(self.url) + sum(map(len, chain.from_iterable(headers))) + 4 * len(headers)
         if size > self._max_head:
             self._refuse(HeadersTooLarge(
                 f"The request head is larger than {self._max_head} bytes.",
