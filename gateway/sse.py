@@ -92,7 +92,7 @@ def template_of(buf: bytes, start: int, stop: int) -> tuple[bytes, bytes] | None
     Every event of a stream that is those same two byte strings around a text without
     quotes has the same JSON structure, so its one text field is that text and its bound
     is that text's length (what :func:`token_bound` finds in it): the meter counts such
-    events without searching them (:meth:`gateway.relay.meter.Meter.scan`)."""
+    events by finding the end of their text (:meth:`gateway.relay.meter.Meter.scan`)."""
     end = buf.find(b"\n\n", start, stop)
     if end == -1 or not buf.startswith(b"data: {", start) or buf[end - 1] != 0x7D:
         return None

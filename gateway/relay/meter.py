@@ -96,9 +96,10 @@ class Meter:
         self.skip: list[tuple[int, int]] | None = None
         self.covered = self._covered_tokens()
         self.stop: End | None = None
-        # The stream's content events, as bytes around their text (see template_of);
-        # learned from an event at most TEMPLATES times a stream.
-        self.template: tuple[bytes, bytes] | None = None
+        # The stream's content events, as the bytes around their text (template_of),
+        # kept as (length, hash) of each: a stream held open keeps no copy of its
+        # events. Learned from an event at most TEMPLATES times a stream.
+        self.template: tuple[int, int, int, int] | None = None
         self.templates_left = TEMPLATES
 
     def estimate_nano(self) -> int:
@@ -139,12 +140,15 @@ class Meter:
 
         First, events that are the stream's template (its content events: the same bytes
         around a text without quotes) are counted by their text's length, found with one
-        byte search each. Then the run of events before the first rare one (usage, error,
-        ``[DONE]``) is metered as a whole when the hold covers all of it and it is well
-        formed: one bound, one compare. Otherwise, and for the rest, event by event, so a
-        cut lands exactly between the last covered event and the first uncovered one.
-        (Nothing can revoke the stream while this runs without awaiting, so one flag check
-        covers the run.)
+        byte search each (the bytes around it compared with the stream's template by
+        length and hash, CPython's keyed SipHash: a false match is a 2**-64 chance, and
+        would only misjudge that event's bound; later events of the same read are
+        compared with the first one's bytes). Then the run of events before the first rare one
+        (usage, error, ``[DONE]``) is metered as a whole when the hold covers all of it
+        and it is well formed: one bound, one compare. Otherwise, and for the rest, event
+        by event, so a cut lands exactly between the last covered event and the first
+        uncovered one. (Nothing can revoke the stream while this runs without awaiting,
+        so one flag check covers the run.)
         """
         if flag.revoked:
             self.stop = End("cut_revoked", revoked())
@@ -175,17 +179,20 @@ class Meter:
             if after == -1:
                 return pos
             pos = after + 2
+        # The first event is compared by hash; the rest of this read's with its bytes.
         template = self.template
-        if template is None or not buf.startswith(template[0], pos):
+        head = b"" if template is None else buf[pos:pos + template[0]]
+        tail: bytes | None = None
+        if template is None or hash(head) != template[1]:
             if self.templates_left <= 0:
                 return pos
             self.templates_left -= 1
-            template = template_of(buf, pos, end)
-            if template is None:
+            learned = template_of(buf, pos, end)
+            if learned is None:
                 return pos  # the template learned before (if any) stays
-            self.template = template
-        head, tail = template
-        head_len, tail_len = len(head), len(tail)
+            head, tail = learned
+            template = self.template = (len(head), hash(head), len(tail), hash(tail))
+        head_len, _, tail_len, tail_hash = template
         tokens, covered, saw_usage = self.completion_tokens, self.covered, self.saw_usage
         while True:
             text_end = buf.find(b'"', pos + head_len, end)
@@ -193,8 +200,13 @@ class Meter:
                 text_end == -1
                 or buf[text_end - 1] == 0x5C  # an escaped quote: the slow path reads it
                 or text_end + tail_len > end
-                or not buf.startswith(tail, text_end)
             ):
+                break
+            if tail is None:
+                tail = buf[text_end:text_end + tail_len]
+                if hash(tail) != tail_hash:
+                    break
+            elif not buf.startswith(tail, text_end):
                 break
             counted = tokens + text_end - pos - head_len
             if counted > covered and not saw_usage:
