@@ -21,7 +21,15 @@ from pathlib import Path
 
 import psutil
 
-from bench.paths import ALL_PATHS, REPO, Endpoint, bench_env, start_gateway, under_load
+from bench.paths import (
+    ALL_PATHS,
+    REPO,
+    Endpoint,
+    bench_env,
+    start_gateway,
+    start_pg_gateway,
+    under_load,
+)
 from bench.procs import LineChannel
 from bench.scenarios import HOLD_BODY, Scenario
 
@@ -109,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", metavar="GIT_REF",
                         help="also run the gateway as of this commit, side by side")
+    parser.add_argument("--baseline-store", choices=("sqlite", "postgres"), default="sqlite",
+                        help="the baseline gateway's store (postgres: one node on a "
+                             "throwaway cluster, as the gateway-pg path)")
     parser.add_argument("--hold", type=int, default=0,
                         help="first, hold this many slow streams open and report memory")
     args = parser.parse_args(argv)
@@ -126,10 +137,15 @@ def main(argv: list[str] | None = None) -> int:
             if os.environ.get("BENCH_BASELINE_SITE"):  # experiments: code run at start-up
                 (tree / "sitecustomize.py").write_text(os.environ["BENCH_BASELINE_SITE"] + "\n")
             name = f"gateway@{args.baseline}"
-            endpoints[name] = start_gateway(
-                name.replace("@", "-at-").replace("/", "-"), workers=1, upstream_base=base,
-                work=work, env={**env, "PYTHONPATH": str(tree)},
-            )
+            label = name.replace("@", "-at-").replace("/", "-")
+            tree_env = {**env, "PYTHONPATH": str(tree)}
+            if args.baseline_store == "postgres":
+                name = f"gateway-pg@{args.baseline}"
+                endpoints[name] = start_pg_gateway(label + "-pg", upstream_base=base,
+                                                   work=work, env=tree_env, nodes=1)
+            else:
+                endpoints[name] = start_gateway(label, workers=1, upstream_base=base,
+                                                work=work, env=tree_env)
             proc = endpoints[name].proc
             if proc is None:
                 raise SystemExit(f"{name} unavailable: {endpoints[name].reason}")

@@ -148,8 +148,6 @@ class Relay:
             await self._refuse(response, upstream, funded_by_user=job.api_key is not None)
 
         outcome = Outcome(model=job.model, generation_id=generation_id_of(response.headers))
-        if outcome.generation_id is not None:
-            self._note_generation(job.hold.id, outcome.generation_id)
         # Only the byte stream is needed from here on. Dropping the response object also
         # drops the request object, both header sets and the request body for as long as
         # the stream lasts.
@@ -170,6 +168,10 @@ class Relay:
                 # request id the access log adds) for the life of the stream.
                 await send({"type": "http.response.start", "status": 200,
                             "headers": _sse_headers(outcome.generation_id)})
+                if outcome.generation_id is not None:
+                    # Right after the head (which the store's thread would otherwise
+                    # compete with for the interpreter).
+                    self._note_generation(job.hold.id, outcome.generation_id)
                 await self._pump(stream, send, flag=flag, meter=meter, outcome=outcome,
                                  idle_s=upstream.settings.idle_timeout_s)
             except End as stop:
