@@ -25,8 +25,9 @@ from gateway.sse import DONE, first_rare, template_of, token_bound, well_formed
 from gateway.store.base import Extension, Hold
 from gateway.upstreams.base import Upstream
 
-# How many times a stream's template is learned: once in the common case; a stream whose
-# events keep changing shape (varying padding, say) stops trying.
+# How many times a stream tries to learn its template (a read whose first event is not the
+# template tries again): once or twice in the common case, and again at the stream's end
+# (finish, usage); a stream whose events keep changing shape stops trying.
 TEMPLATES = 3
 
 
@@ -98,7 +99,7 @@ class Meter:
         self.stop: End | None = None
         # The stream's content events, as the bytes around their text (template_of),
         # kept as (length, hash) of each: a stream held open keeps no copy of its
-        # events. Learned from an event at most TEMPLATES times a stream.
+        # events. Tried at most TEMPLATES times a stream.
         self.template: tuple[int, int, int, int] | None = None
         self.templates_left = TEMPLATES
 
