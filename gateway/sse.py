@@ -84,6 +84,18 @@ def first_rare(buf: bytes, stop: int, start: int = 0) -> int:
     return start if before == -1 else before + 2
 
 
+def after_comments(buf: bytes, pos: int, stop: int) -> int:
+    """Where the first event at or after ``pos`` that is not a comment starts, in
+    ``buf[:stop]`` (whole events); comments (``: OPENROUTER PROCESSING``) come before the
+    first token and carry none. ``stop`` when a comment does not end before it."""
+    while pos < stop and buf.startswith(b":", pos):
+        nxt = buf.find(b"\n\n", pos, stop)
+        if nxt == -1:
+            return stop
+        pos = nxt + 2
+    return pos
+
+
 def template_of(buf: bytes, start: int, stop: int) -> tuple[bytes, bytes] | None:
     """The event starting at ``start`` as a template (the bytes before its text and the
     bytes after), when it is a plain data event whose text is one string, with no
@@ -97,9 +109,8 @@ def template_of(buf: bytes, start: int, stop: int) -> tuple[bytes, bytes] | None
     if end == -1 or not buf.startswith(b"data: {", start) or buf[end - 1] != 0x7D:
         return None
     end += 2
-    for marker in RARE:
-        if buf.find(marker, start, end) != -1:
-            return None
+    if first_rare(buf, end, start) != end:
+        return None
     fields = _TEXT_FIELD.finditer(buf, start, end)
     field = next(fields, None)
     if field is None or next(fields, None) is not None:
@@ -115,14 +126,9 @@ def template_of(buf: bytes, start: int, stop: int) -> tuple[bytes, bytes] | None
 def well_formed(buf: bytes, pos: int, stop: int) -> bool:
     """Whether every ``data:`` event in ``buf[pos:stop]`` (whole events) carries a JSON
     object, as far as its first and last bytes tell."""
-    # Comments (``: OPENROUTER PROCESSING``) come before the first token: step over them.
-    while pos < stop and buf.startswith(b":", pos):
-        nxt = buf.find(b"\n\n", pos, stop)
-        if nxt == -1:
-            return True  # not a whole event: nothing here is a data event
-        pos = nxt + 2
+    pos = after_comments(buf, pos, stop)
     if pos >= stop:
-        return True
+        return True  # comments only (or one not yet whole): no data event
     # The common run, data events only: every boundary between two events reads
     # ``}\n\ndata: {``. Two counts in C decide it; anything else goes event by event.
     if (

@@ -21,7 +21,14 @@ from gateway.errors import ConnectionRevoked, GatewayError, SpendCapReached, Ups
 from gateway.live import StreamFlag
 from gateway.metering import Price
 from gateway.relay.outcome import Outcome
-from gateway.sse import DONE, first_rare, template_of, token_bound, well_formed
+from gateway.sse import (
+    DONE,
+    after_comments,
+    first_rare,
+    template_of,
+    token_bound,
+    well_formed,
+)
 from gateway.store.base import Extension, Hold
 from gateway.upstreams.base import Upstream
 
@@ -144,12 +151,14 @@ class Meter:
         byte search each (the bytes around it compared with the stream's template by
         length and hash, CPython's keyed SipHash: a false match is a 2**-64 chance, and
         would only misjudge that event's bound; later events of the same read are
-        compared with the first one's bytes). Then the run of events before the first rare one
-        (usage, error, ``[DONE]``) is metered as a whole when the hold covers all of it
-        and it is well formed: one bound, one compare. Otherwise, and for the rest, event
-        by event, so a cut lands exactly between the last covered event and the first
-        uncovered one. (Nothing can revoke the stream while this runs without awaiting,
-        so one flag check covers the run.)
+        compared with the first one's bytes).
+
+        Then the run of events before the first rare one (usage, error, ``[DONE]``) is
+        metered as a whole when the hold covers all of it and it is well formed: one
+        bound, one compare. Otherwise, and for the rest, event by event, so a cut lands
+        exactly between the last covered event and the first uncovered one. (Nothing can
+        revoke the stream while this runs without awaiting, so one flag check covers the
+        run.)
         """
         if flag.revoked:
             self.stop = End("cut_revoked", revoked())
@@ -173,13 +182,9 @@ class Meter:
         """Count the events from the start of ``buf[:end]`` (after any comments) that are
         the template, as long as the hold covers them; where the first other event
         starts."""
-        pos = 0
-        # Comments (``: OPENROUTER PROCESSING``) come before the first token; they carry none.
-        while buf.startswith(b":", pos):
-            after = buf.find(b"\n\n", pos, end)
-            if after == -1:
-                return pos
-            pos = after + 2
+        pos = after_comments(buf, 0, end)
+        if pos == end:
+            return end
         # The first event is compared by hash; the rest of this read's with its bytes.
         template = self.template
         head = b"" if template is None else buf[pos:pos + template[0]]
