@@ -106,6 +106,29 @@ def baseline_tree(ref: str, work: Path) -> Path:
     return tree
 
 
+def start_baseline(ref: str, *, upstream_base: str, work: Path, env: dict[str, str],
+                   store: str = "sqlite") -> tuple[str, Endpoint]:
+    """The gateway as of git ``ref`` (on a PostgreSQL cluster of its own with ``store=
+    "postgres"``), started and answering: its path name and endpoint."""
+    tree = baseline_tree(ref, work)
+    if os.environ.get("BENCH_BASELINE_SITE"):  # experiments: code run at start-up
+        (tree / "sitecustomize.py").write_text(os.environ["BENCH_BASELINE_SITE"] + "\n")
+    label = f"gateway-at-{ref}".replace("/", "-")
+    tree_env = {**env, "PYTHONPATH": str(tree)}
+    if store == "postgres":
+        name = f"gateway-pg@{ref}"
+        endpoint = start_pg_gateway(label + "-pg", upstream_base=upstream_base, work=work,
+                                    env=tree_env, nodes=1)
+    else:
+        name = f"gateway@{ref}"
+        endpoint = start_gateway(label, workers=1, upstream_base=upstream_base, work=work,
+                                 env=tree_env)
+    if endpoint.proc is None:
+        raise SystemExit(f"{name} unavailable: {endpoint.reason}")
+    endpoint.proc.wait_http(endpoint.ready_url, timeout_s=60)
+    return name, endpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,23 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     env = bench_env()
     with under_load(names, work=work, env=env) as (base, endpoints, channel):
         if args.baseline:
-            tree = baseline_tree(args.baseline, work)
-            if os.environ.get("BENCH_BASELINE_SITE"):  # experiments: code run at start-up
-                (tree / "sitecustomize.py").write_text(os.environ["BENCH_BASELINE_SITE"] + "\n")
-            name = f"gateway@{args.baseline}"
-            label = name.replace("@", "-at-").replace("/", "-")
-            tree_env = {**env, "PYTHONPATH": str(tree)}
-            if args.baseline_store == "postgres":
-                name = f"gateway-pg@{args.baseline}"
-                endpoints[name] = start_pg_gateway(label + "-pg", upstream_base=base,
-                                                   work=work, env=tree_env, nodes=1)
-            else:
-                endpoints[name] = start_gateway(label, workers=1, upstream_base=base,
-                                                work=work, env=tree_env)
-            proc = endpoints[name].proc
-            if proc is None:
-                raise SystemExit(f"{name} unavailable: {endpoints[name].reason}")
-            proc.wait_http(endpoints[name].ready_url, timeout_s=60)
+            name, endpoints[name] = start_baseline(args.baseline, upstream_base=base,
+                                                   work=work, env=env,
+                                                   store=args.baseline_store)
             names.append(name)
         samples: dict[str, list[Sample]] = {n: [] for n in names}
         scenario = Scenario("cpu", "cpu", chunks=args.chunks, concurrency=args.concurrency,

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.cpu import baseline_tree
-from bench.paths import ALL_PATHS, bench_env, start_gateway, under_load
+from bench.cpu import start_baseline
+from bench.paths import ALL_PATHS, bench_env, under_load
 from bench.scenarios import Scenario
 
 BENCH = Path(__file__).resolve().parent
@@ -108,15 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     env = bench_env()
     with under_load([args.path], work=work, env=env) as (base, endpoints, channel):
         if args.baseline:
-            tree = baseline_tree(args.baseline, work)
-            args.path = f"gateway@{args.baseline}"
-            endpoints[args.path] = start_gateway(
-                args.path.replace("@", "-at-").replace("/", "-"), workers=1,
-                upstream_base=base, work=work, env={**env, "PYTHONPATH": str(tree)},
+            args.path, endpoints[args.path] = start_baseline(
+                args.baseline, upstream_base=base, work=work, env=env,
             )
-            started = endpoints[args.path]
-            if started.proc is not None:
-                started.proc.wait_http(started.ready_url, timeout_s=60)
         endpoint = endpoints[args.path]
         if not endpoint.available or endpoint.proc is None:
             raise SystemExit(f"{args.path} unavailable: {endpoint.reason}")
