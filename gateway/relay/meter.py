@@ -182,7 +182,7 @@ class Meter:
         """Count the events from the start of ``buf[:end]`` (after any comments) that are
         the template, as long as the hold covers them; where the first other event
         starts."""
-        pos = after_comments(buf, 0, end)
+        pos = after_comments(buf, 0, end) if buf.startswith(b":") else 0  # rare: a call
         if pos == end:
             return end
         # The first event is compared by hash; the rest of this read's with its bytes.
